@@ -1,0 +1,182 @@
+"""Reads, scoped by the requesting user. Every view and API endpoint fetches clinical objects here.
+
+One chokepoint per object type (STYLE.md §2): ``participant_get`` returns the participant or raises
+404 when it is outside the user's scope, so nobody can learn whether an id exists at another site.
+``participant_get(..., write=True)`` additionally requires a data-entry role (403 otherwise).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+
+from trials.models import (
+    DATA_ENTRY_ROLES,
+    SITE_BOUND_ROLES,
+    FormCode,
+    Indication,
+    Participant,
+    Role,
+    Site,
+    Study,
+    StudyMembership,
+    Visit,
+)
+
+
+def _memberships(user) -> list[StudyMembership]:
+    if not user.is_authenticated or not user.is_active:
+        return []
+    cache = getattr(user, "_tolerance_memberships", None)
+    if cache is None:
+        cache = list(StudyMembership.objects.filter(user=user).select_related("study", "site"))
+        user._tolerance_memberships = cache
+    return cache
+
+
+def _scope(user, *, write: bool, prefix: str = "") -> Q:
+    """The Q that limits participant-level rows to what ``user`` may read (or write)."""
+    scope = Q(pk__in=[])  # matches nothing
+    for membership in _memberships(user):
+        if membership.role == Role.SPONSOR_ADMIN:
+            continue  # user administration only: no clinical data
+        if write and membership.role not in DATA_ENTRY_ROLES:
+            continue
+        condition = Q(**{f"{prefix}study_id": membership.study_id})
+        if membership.role in SITE_BOUND_ROLES:
+            # A site-bound role without a site sees nothing rather than everything.
+            condition &= Q(**{f"{prefix}site_id": membership.site_id})
+        scope |= condition
+    return scope
+
+
+def user_roles(user, study: Study) -> set[str]:
+    return {m.role for m in _memberships(user) if m.study_id == study.pk}
+
+
+def can_enter_data(user, participant: Participant) -> bool:
+    return Participant.objects.filter(_scope(user, write=True), pk=participant.pk).exists()
+
+
+def studies_visible_to(user) -> QuerySet[Study]:
+    ids = {m.study_id for m in _memberships(user) if m.role != Role.SPONSOR_ADMIN}
+    return Study.objects.filter(pk__in=ids)
+
+
+def sites_for_entry(user, study: Study) -> QuerySet[Site]:
+    """Sites where ``user`` may screen new participants in ``study``."""
+    site_ids = set()
+    all_sites = False
+    for m in _memberships(user):
+        if m.study_id != study.pk or m.role not in DATA_ENTRY_ROLES:
+            continue
+        if m.site_id is None:
+            all_sites = True
+        else:
+            site_ids.add(m.site_id)
+    sites = study.sites.all()
+    return sites if all_sites else sites.filter(pk__in=site_ids)
+
+
+def participant_list(*, user, study: Study | None = None, filters: dict | None = None) -> QuerySet[Participant]:
+    qs = Participant.objects.filter(_scope(user, write=False)).select_related("study", "site", "cohort")
+    if study is not None:
+        qs = qs.filter(study=study)
+    filters = filters or {}
+    if filters.get("site"):
+        qs = qs.filter(site__code=filters["site"])
+    if filters.get("status"):
+        qs = qs.filter(status=filters["status"])
+    if filters.get("cohort"):
+        qs = qs.filter(cohort__number=filters["cohort"])
+    if filters.get("q"):
+        qs = qs.filter(subject_code__icontains=filters["q"])
+    return qs
+
+
+def participant_get(*, user, pk: int, write: bool = False) -> Participant:
+    """The access chokepoint for participants (and, through them, their casebook records)."""
+    participant = (
+        Participant.objects.filter(_scope(user, write=False), pk=pk).select_related("study", "site", "cohort").first()
+    )
+    if participant is None:
+        raise Http404("No such participant.")
+    if write and not can_enter_data(user, participant):
+        raise PermissionDenied("Your role is read-only for this casebook.")
+    return participant
+
+
+def visit_get(*, user, pk: int, write: bool = False) -> Visit:
+    visit = Visit.objects.filter(pk=pk).only("participant_id").first()
+    if visit is None:
+        raise Http404("No such visit.")
+    participant = participant_get(user=user, pk=visit.participant_id, write=write)
+    visit = Visit.objects.select_related("definition").get(pk=pk)
+    visit.participant = participant
+    return visit
+
+
+def status_counts(*, user, study: Study) -> dict[str, int]:
+    rows = participant_list(user=user, study=study).values("status").annotate(n=Count("pk"))
+    return {row["status"]: row["n"] for row in rows}
+
+
+@dataclass(frozen=True)
+class TimelineVisit:
+    visit: Visit
+    status: str
+    protocol_day: int | None
+    forms_due: list[tuple[str, str, bool]]  # (code, label, done)
+
+
+def _forms_done(visit: Visit) -> set[str]:
+    done: set[str] = set()
+    if visit.actual_date:
+        if visit.weight_kg is not None:
+            done.add(FormCode.VITALS)
+        if hasattr(visit, "assessment"):
+            done.add(FormCode.DISEASE_ACTIVITY)
+        if hasattr(visit, "mri"):
+            done.add(FormCode.MRI)
+        if visit.mmtt_samples.all():
+            done.add(FormCode.MMTT)
+    return done
+
+
+def participant_timeline(*, participant: Participant, today: dt.date) -> list[TimelineVisit]:
+    """The participant's visits in order with their status on ``today`` and the forms due/done."""
+    visits = (
+        participant.visits.select_related("definition", "assessment", "mri")
+        .prefetch_related("mmtt_samples")
+        .order_by("planned_date", "actual_date", "pk")
+    )
+    infusion = participant.infusions.order_by("number").first()
+    day0 = infusion.infusion_date if infusion else None
+    labels = dict(FormCode.choices)
+    rows = []
+    for visit in visits:
+        done = _forms_done(visit)
+        due = visit.definition.forms_due if visit.definition_id else []
+        when = visit.actual_date or visit.planned_date
+        rows.append(
+            TimelineVisit(
+                visit=visit,
+                status=visit.status_on(today),
+                protocol_day=(when - day0).days if (when and day0) else None,
+                forms_due=[(code, labels.get(code, code), code in done) for code in due],
+            )
+        )
+    return rows
+
+
+def indication_forms(indication: str) -> list[str]:
+    """The assessment forms that exist for an indication."""
+    return {
+        Indication.MS: [FormCode.DISEASE_ACTIVITY, FormCode.MRI],
+        Indication.T1D: [FormCode.DISEASE_ACTIVITY, FormCode.MMTT],
+        Indication.RA: [FormCode.DISEASE_ACTIVITY],
+    }[indication]

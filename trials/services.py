@@ -1,0 +1,906 @@
+"""Business rules and writes for the casebook. Forms and the API call these functions; nothing else
+writes clinical rows.
+
+Each function owns its transaction (``atomic(durable=True)``: it fails loudly if nested), checks
+every rule before writing, and raises ``RuleViolation`` (a ``ValidationError`` keyed by field) so
+that a refused call saves nothing. Every write happens inside ``audit_context`` so that its audit
+event carries the acting user, the channel and, for edits, the reason for change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db import transaction
+from django.db.models import Model
+from django.utils import timezone
+
+from trials.audit import audit_context
+from trials.errors import ConflictError, LockedError, RuleViolation
+from trials.models import (
+    Consent,
+    ConsentDocument,
+    DiseaseAssessment,
+    Disposition,
+    DoseCohort,
+    EligibilityAnswer,
+    EligibilityCriterion,
+    Indication,
+    Infusion,
+    MMTTSample,
+    MRIRead,
+    Participant,
+    ParticipantStatus,
+    ProtocolDeviation,
+    Relapse,
+    Site,
+    Study,
+    Visit,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Shared guards
+# ---------------------------------------------------------------------------------------------
+
+
+def clinical_today() -> dt.date:
+    """The latest calendar date anywhere on Earth (UTC+14).
+
+    Clinical dates are local to the site; checking "not in the future" against the UTC date would
+    refuse a legitimate same-day entry at a site east of Greenwich.
+    """
+    return (timezone.now() + dt.timedelta(hours=14)).date()
+
+
+def _not_future(field: str, value: dt.date | None, label: str) -> None:
+    if value is not None and value > clinical_today():
+        raise RuleViolation({field: f"{label} {value:%Y-%m-%d} is in the future."})
+
+
+def _not_future_time(field: str, value: dt.datetime | None, label: str) -> None:
+    if value is not None and value > timezone.now() + dt.timedelta(minutes=5):
+        raise RuleViolation({field: f"{label} is in the future."})
+
+
+def _ensure_writable(participant: Participant) -> None:
+    study = participant.study
+    if study.is_locked:
+        raise LockedError(f"Study {study.code} is locked; no data can be changed.")
+    if participant.is_locked:
+        raise LockedError(f"The casebook of {participant.subject_code} is locked; no data can be changed.")
+
+
+def _ensure_open(participant: Participant, what: str) -> None:
+    """After disposition or screen failure only safety follow-up may still be recorded."""
+    if participant.is_closed:
+        raise RuleViolation(
+            f"{participant.subject_code} is {participant.get_status_display().lower()}: "
+            f"no {what} can be recorded, only safety follow-up."
+        )
+
+
+def _first_consent(participant: Participant) -> Consent | None:
+    return participant.consents.order_by("consent_date").first()
+
+
+def _ensure_consented_by(participant: Participant, field: str, when: dt.date, what: str) -> None:
+    consent = _first_consent(participant)
+    if consent is None:
+        raise RuleViolation({field: f"{participant.subject_code} has not consented: no {what} before consent."})
+    if when < consent.consent_date:
+        raise RuleViolation(
+            {field: f"The {what} date {when:%Y-%m-%d} is before consent on {consent.consent_date:%Y-%m-%d}."}
+        )
+
+
+def _first_infusion(participant: Participant) -> Infusion | None:
+    return participant.infusions.order_by("number").first()
+
+
+def _save(instance: Model) -> None:
+    instance.full_clean()
+    instance.save()
+
+
+def record_update(
+    instance: Model, *, actor, reason: str, expected_version: int | None, changes: dict, channel: str
+) -> Model:
+    """Apply ``changes`` to an existing clinical record: reason required, stale writes refused.
+
+    The version check is a compare-and-set (healthchecks' conditional update): the row is updated
+    only if its version is still the one the form was loaded with.
+    """
+    if not reason or not reason.strip():
+        raise RuleViolation({"reason": "A reason for change is required to edit a saved record."})
+    model = type(instance)
+    current = model.objects.select_for_update().get(pk=instance.pk)
+    if expected_version is not None and current.version != expected_version:
+        raise ConflictError(
+            "This record was changed by someone else since you opened it "
+            f"(version {current.version}, yours {expected_version}). Reload it and enter your change again."
+        )
+    for field, value in changes.items():
+        setattr(current, field, value)
+    current.version += 1
+    current.full_clean()
+    with audit_context(actor=actor, reason=reason.strip(), channel=channel):
+        current.save()
+    return current
+
+
+# ---------------------------------------------------------------------------------------------
+# Screening, consent, eligibility, enrolment
+# ---------------------------------------------------------------------------------------------
+
+
+@transaction.atomic(durable=True)
+def participant_screen(
+    *,
+    actor,
+    study: Study,
+    site: Site,
+    sex: str,
+    birth_year: int,
+    screening_date: dt.date,
+    channel: str = "web",
+) -> Participant:
+    """Register a person for screening and give them the next pseudonymous subject code of the site."""
+    if study.is_locked:
+        raise LockedError(f"Study {study.code} is locked; no participant can be screened.")
+    if not study.sites.filter(pk=site.pk).exists():
+        raise RuleViolation({"site": f"Site {site.code} does not take part in {study.code}."})
+    _not_future("screening_date", screening_date, "Screening date")
+    age = screening_date.year - birth_year
+    if not 0 <= age <= 110:
+        raise RuleViolation({"birth_year": f"Year of birth {birth_year} gives an age of {age} at screening."})
+    # Lock the site row: two coordinators screening at once must not get the same number.
+    Site.objects.select_for_update().get(pk=site.pk)
+    last = Participant.objects.filter(study=study, site=site).order_by("-sequence").first()
+    sequence = (last.sequence if last else 0) + 1
+    participant = Participant(
+        study=study,
+        site=site,
+        sequence=sequence,
+        subject_code=f"{site.code}-{sequence:04d}",
+        sex=sex,
+        birth_year=birth_year,
+        screening_date=screening_date,
+    )
+    with audit_context(actor=actor, channel=channel):
+        _save(participant)
+    return participant
+
+
+@transaction.atomic(durable=True)
+def consent_record(
+    *, actor, participant: Participant, document: ConsentDocument, consent_date: dt.date, channel: str = "web"
+) -> Consent:
+    """Record consent to a document version; a later version is a re-consent."""
+    participant = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
+    _ensure_writable(participant)
+    if participant.status == ParticipantStatus.SCREEN_FAILED:
+        raise RuleViolation(f"{participant.subject_code} failed screening; consent cannot be recorded.")
+    if document.study_id != participant.study_id:
+        raise RuleViolation({"document": "This consent document belongs to another study."})
+    _not_future("consent_date", consent_date, "Consent date")
+    if consent_date < document.effective_date:
+        raise RuleViolation(
+            {
+                "consent_date": f"Version {document.version} only took effect on "
+                f"{document.effective_date:%Y-%m-%d}; consent dated {consent_date:%Y-%m-%d} cannot be to it."
+            }
+        )
+    latest = participant.consents.select_related("document").order_by("-consent_date").first()
+    if latest is not None:
+        if latest.document_id == document.pk:
+            raise RuleViolation({"document": f"{participant.subject_code} already consented to this version."})
+        if document.effective_date <= latest.document.effective_date:
+            raise RuleViolation({"document": f"Re-consent must be to a newer version than v{latest.document.version}."})
+        if consent_date < latest.consent_date:
+            raise RuleViolation(
+                {"consent_date": f"Re-consent cannot predate the previous consent ({latest.consent_date:%Y-%m-%d})."}
+            )
+    consent = Consent(participant=participant, document=document, consent_date=consent_date)
+    with audit_context(actor=actor, channel=channel):
+        _save(consent)
+    return consent
+
+
+def reconsent_due(participant: Participant) -> ConsentDocument | None:
+    """The newer consent version the participant still has to sign, if any."""
+    if participant.is_closed:
+        return None
+    today = clinical_today()
+    current = (
+        ConsentDocument.objects.filter(study_id=participant.study_id, effective_date__lte=today)
+        .order_by("-effective_date")
+        .first()
+    )
+    if current is None or participant.consents.filter(document=current).exists():
+        return None
+    return current if participant.consents.exists() else None
+
+
+@transaction.atomic(durable=True)
+def eligibility_record(
+    *, actor, participant: Participant, answers: dict[int, bool], reason: str = "", channel: str = "web"
+) -> list[EligibilityAnswer]:
+    """Answer the study's eligibility checklist item by item (criterion id -> yes/no).
+
+    Changing an answer already given needs a reason for change.
+    """
+    participant = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
+    _ensure_writable(participant)
+    if participant.status != ParticipantStatus.SCREENING:
+        raise RuleViolation(
+            f"Eligibility can only be recorded during screening ({participant.subject_code} is "
+            f"{participant.get_status_display().lower()})."
+        )
+    _ensure_consented_by(participant, "__all__", clinical_today(), "eligibility assessment")
+    criteria = {c.pk: c for c in EligibilityCriterion.objects.filter(study=participant.study, is_active=True)}
+    unknown = set(answers) - set(criteria)
+    if unknown:
+        raise RuleViolation("An answer refers to a criterion that is not part of this study.")
+    existing = {a.criterion_id: a for a in participant.eligibility_answers.all()}
+    changed = [cid for cid, value in answers.items() if cid in existing and existing[cid].answer != value]
+    if changed and not reason.strip():
+        raise RuleViolation({"reason": "A reason for change is required to change an eligibility answer."})
+    saved = []
+    with audit_context(actor=actor, reason=reason.strip(), channel=channel):
+        for cid, value in answers.items():
+            answer = existing.get(cid)
+            if answer is None:
+                answer = EligibilityAnswer(participant=participant, criterion=criteria[cid], answer=value)
+                _save(answer)
+            elif answer.answer != value:
+                answer.answer = value
+                answer.version += 1
+                _save(answer)
+            saved.append(answer)
+    return saved
+
+
+def eligibility_unmet(participant: Participant) -> list[str]:
+    """Why the participant is not (yet) eligible: unanswered or unmet criteria, by label."""
+    problems = []
+    answers = {a.criterion_id: a.answer for a in participant.eligibility_answers.all()}
+    for criterion in EligibilityCriterion.objects.filter(study_id=participant.study_id, is_active=True):
+        label = f"{'Inclusion' if criterion.kind == criterion.Kind.INCLUSION else 'Exclusion'} {criterion.number}"
+        if criterion.pk not in answers:
+            problems.append(f"{label} is not answered")
+        elif not criterion.is_met_by(answers[criterion.pk]):
+            problems.append(f"{label} is not met")
+    return problems
+
+
+@transaction.atomic(durable=True)
+def participant_screen_fail(*, actor, participant: Participant, reason: str, channel: str = "web") -> Participant:
+    participant = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
+    _ensure_writable(participant)
+    if participant.status != ParticipantStatus.SCREENING:
+        raise RuleViolation(
+            f"Only a participant in screening can fail screening ({participant.subject_code} is "
+            f"{participant.get_status_display().lower()})."
+        )
+    if not reason.strip():
+        raise RuleViolation({"reason": "Give the reason for the screen failure."})
+    participant.status = ParticipantStatus.SCREEN_FAILED
+    participant.screen_failure_reason = reason.strip()
+    participant.version += 1
+    with audit_context(actor=actor, reason="screen failure", channel=channel):
+        _save(participant)
+    return participant
+
+
+def _cohort_enrolled(cohort: DoseCohort) -> int:
+    return cohort.participants.exclude(status=ParticipantStatus.SCREEN_FAILED).count()
+
+
+@transaction.atomic(durable=True)
+def participant_enrol(*, actor, participant: Participant, enrolment_date: dt.date, channel: str = "web") -> Participant:
+    """Enrol an eligible, consented participant into the next cohort that has room.
+
+    Cohorts fill sequentially (dose escalation): the open cohort with the lowest number that is not
+    yet full. The cohort rows are locked so two simultaneous enrolments cannot overfill one.
+    """
+    participant = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
+    _ensure_writable(participant)
+    if participant.status != ParticipantStatus.SCREENING:
+        raise RuleViolation(
+            f"{participant.subject_code} is {participant.get_status_display().lower()}, "
+            "not in screening; only a screened participant can be enrolled."
+        )
+    _not_future("enrolment_date", enrolment_date, "Enrolment date")
+    _ensure_consented_by(participant, "enrolment_date", enrolment_date, "enrolment")
+    if enrolment_date < participant.screening_date:
+        raise RuleViolation({"enrolment_date": "Enrolment cannot precede screening."})
+    problems = eligibility_unmet(participant)
+    if problems:
+        raise RuleViolation(f"{participant.subject_code} is not eligible: " + "; ".join(problems) + ".")
+    cohorts = DoseCohort.objects.select_for_update().filter(study=participant.study, is_open=True).order_by("number")
+    cohort = next((c for c in cohorts if _cohort_enrolled(c) < c.capacity), None)
+    if cohort is None:
+        raise RuleViolation("Every open cohort of this study is full; no participant can be enrolled.")
+    participant.cohort = cohort
+    participant.enrolment_date = enrolment_date
+    participant.status = ParticipantStatus.ENROLLED
+    participant.version += 1
+    with audit_context(actor=actor, reason="enrolment", channel=channel):
+        _save(participant)
+    return participant
+
+
+# ---------------------------------------------------------------------------------------------
+# Infusion and the visit schedule it sets
+# ---------------------------------------------------------------------------------------------
+
+
+def dose_per_kg(total_viable_cells: Decimal, weight_kg: Decimal) -> Decimal:
+    return (Decimal(total_viable_cells) / Decimal(weight_kg)).quantize(Decimal("1"), rounding=ROUND_HALF_UP)
+
+
+def dose_deviation_pct(infusion: Infusion, cohort: DoseCohort) -> Decimal:
+    """Signed % difference of the delivered dose from the cohort's planned dose (per kg if planned so)."""
+    if cohort.planned_cells_per_kg is not None:
+        planned, actual = cohort.planned_cells_per_kg, infusion.dose_cells_per_kg
+    else:
+        planned, actual = cohort.planned_total_cells, infusion.total_viable_cells
+    return ((Decimal(actual) - Decimal(planned)) / Decimal(planned) * 100).quantize(Decimal("0.1"))
+
+
+def _check_sentinel(participant: Participant, cohort: DoseCohort, start_at: dt.datetime) -> None:
+    if not cohort.sentinel_interval_days:
+        return
+    sentinel = (
+        Infusion.objects.filter(cohort=cohort, number=1).exclude(participant=participant).order_by("start_at").first()
+    )
+    if sentinel is None:
+        return  # this participant is the sentinel
+    earliest = sentinel.infusion_date + dt.timedelta(days=cohort.sentinel_interval_days)
+    if start_at.astimezone(dt.UTC).date() < earliest:
+        raise RuleViolation(
+            {
+                "start_at": f"Sentinel interval: {sentinel.participant.subject_code} was infused on "
+                f"{sentinel.infusion_date:%Y-%m-%d}; the next participant of cohort {cohort.number} can be "
+                f"infused from {earliest:%Y-%m-%d} ({cohort.sentinel_interval_days} days)."
+            }
+        )
+
+
+def _create_schedule(participant: Participant, infusion_date: dt.date) -> None:
+    visits = []
+    for definition in participant.study.schedule.all():
+        planned = infusion_date + dt.timedelta(days=definition.target_day)
+        visits.append(
+            Visit(
+                participant=participant,
+                definition=definition,
+                kind=Visit.Kind.SCHEDULED,
+                planned_date=planned,
+                window_start=planned - dt.timedelta(days=definition.window_before),
+                window_end=planned + dt.timedelta(days=definition.window_after),
+            )
+        )
+    Visit.objects.bulk_create(visits)
+
+
+@transaction.atomic(durable=True)
+def infusion_record(
+    *,
+    actor,
+    participant: Participant,
+    apheresis_date: dt.date,
+    manufacturing_lot: str,
+    release_passed: bool,
+    viability_pct: Decimal,
+    total_viable_cells: Decimal,
+    weight_kg: Decimal,
+    start_at: dt.datetime,
+    end_at: dt.datetime,
+    interrupted: bool = False,
+    interruption_reason: str = "",
+    premedication: str = "",
+    volume_ml: Decimal | None = None,
+    channel: str = "web",
+) -> Infusion:
+    """Record a dosing event, compute the dose per kg, flag a dose deviation and, for the first
+    infusion, set the participant's visit schedule from day 0 = the infusion date."""
+    participant = Participant.objects.select_for_update(of=("self",)).select_related("study", "cohort").get(pk=participant.pk)
+    _ensure_writable(participant)
+    if participant.status not in (ParticipantStatus.ENROLLED, ParticipantStatus.IN_FOLLOW_UP):
+        raise RuleViolation(
+            f"{participant.subject_code} is {participant.get_status_display().lower()}: "
+            "only an enrolled participant can be infused."
+        )
+    cohort = participant.cohort
+    number = participant.infusions.count() + 1
+    if number > cohort.infusions_planned:
+        raise RuleViolation(
+            f"Cohort {cohort.number} plans {cohort.infusions_planned} infusion(s); "
+            f"{participant.subject_code} has had them all."
+        )
+    if not release_passed:
+        raise RuleViolation({"release_passed": "The product lot has not passed release testing; it cannot be infused."})
+    if start_at.tzinfo is None or end_at.tzinfo is None:
+        raise RuleViolation({"start_at": "Infusion times must carry a time zone."})
+    _not_future_time("start_at", start_at, "Infusion start")
+    _not_future_time("end_at", end_at, "Infusion end")
+    if end_at < start_at:
+        raise RuleViolation({"end_at": "The infusion cannot end before it starts."})
+    if end_at - start_at > dt.timedelta(hours=24):
+        raise RuleViolation({"end_at": "An infusion lasting more than 24 hours is not plausible; check the times."})
+    start_date = start_at.astimezone(dt.UTC).date()
+    _ensure_consented_by(participant, "start_at", start_date, "infusion")
+    if participant.enrolment_date and start_date < participant.enrolment_date:
+        raise RuleViolation(
+            {"start_at": f"The infusion cannot precede enrolment ({participant.enrolment_date:%Y-%m-%d})."}
+        )
+    if apheresis_date > start_date:
+        raise RuleViolation({"apheresis_date": "The apheresis (cell collection) must come before the infusion."})
+    if not 0 < Decimal(viability_pct) <= 100:
+        raise RuleViolation({"viability_pct": "Viability must be between 0 and 100 %."})
+    if not 20 <= Decimal(weight_kg) <= 250:
+        raise RuleViolation({"weight_kg": "Weight used for dosing must be between 20 and 250 kg."})
+    if Decimal(total_viable_cells) <= 0:
+        raise RuleViolation({"total_viable_cells": "Total viable cells must be positive."})
+    if interrupted and not interruption_reason.strip():
+        raise RuleViolation({"interruption_reason": "Give the reason for the interruption."})
+    previous = participant.infusions.order_by("-number").first()
+    if previous and start_at <= previous.end_at:
+        raise RuleViolation({"start_at": "This infusion starts before the previous one ended."})
+    if number == 1:
+        _check_sentinel(participant, cohort, start_at)
+
+    infusion = Infusion(
+        participant=participant,
+        number=number,
+        cohort=cohort,
+        apheresis_date=apheresis_date,
+        manufacturing_lot=manufacturing_lot.strip(),
+        release_passed=release_passed,
+        viability_pct=viability_pct,
+        total_viable_cells=total_viable_cells,
+        volume_ml=volume_ml,
+        weight_kg=weight_kg,
+        dose_cells_per_kg=dose_per_kg(total_viable_cells, weight_kg),
+        start_at=start_at,
+        end_at=end_at,
+        interrupted=interrupted,
+        interruption_reason=interruption_reason.strip(),
+        premedication=premedication.strip(),
+    )
+    with audit_context(actor=actor, channel=channel):
+        _save(infusion)
+        deviation = dose_deviation_pct(infusion, cohort)
+        if abs(deviation) > participant.study.dose_tolerance_pct:
+            _save(
+                ProtocolDeviation(
+                    participant=participant,
+                    category=ProtocolDeviation.Category.DOSE,
+                    description=(
+                        f"Infused dose {infusion.dose_cells_per_kg:,} cells/kg ({infusion.total_viable_cells:,} "
+                        f"cells) is {deviation:+}% from cohort {cohort.number}'s planned dose "
+                        f"(tolerance ±{participant.study.dose_tolerance_pct}%)."
+                    ),
+                    detected_on=start_date,
+                    infusion=infusion,
+                    system_detected=True,
+                )
+            )
+        if number == 1:
+            _create_schedule(participant, start_date)
+            participant.status = ParticipantStatus.IN_FOLLOW_UP
+            participant.version += 1
+            _save(participant)
+    return infusion
+
+
+# ---------------------------------------------------------------------------------------------
+# Visits
+# ---------------------------------------------------------------------------------------------
+
+
+def _visit_date_rules(participant: Participant, field: str, when: dt.date) -> None:
+    _not_future(field, when, "Visit date")
+    infusion = _first_infusion(participant)
+    if infusion is None:
+        raise RuleViolation(
+            {field: f"{participant.subject_code} has not been infused; follow-up visits start at day 0."}
+        )
+    if when < infusion.infusion_date:
+        raise RuleViolation(
+            {field: f"The visit date {when:%Y-%m-%d} is before the infusion on {infusion.infusion_date:%Y-%m-%d}."}
+        )
+    _ensure_consented_by(participant, field, when, "visit")
+
+
+@transaction.atomic(durable=True)
+def visit_record(
+    *,
+    actor,
+    visit: Visit,
+    actual_date: dt.date,
+    weight_kg: Decimal | None = None,
+    reason: str = "",
+    expected_version: int | None = None,
+    channel: str = "web",
+) -> Visit:
+    """Record that a scheduled visit took place. A visit outside its window is kept and flagged as a
+    protocol deviation. Editing a recorded visit needs a reason and the version it was loaded with."""
+    participant = Participant.objects.select_related("study").get(pk=visit.participant_id)
+    _ensure_writable(participant)
+    if visit.kind != Visit.Kind.SAFETY:
+        _ensure_open(participant, "visit")
+    _visit_date_rules(participant, "actual_date", actual_date)
+    if weight_kg is not None and not 20 <= Decimal(weight_kg) <= 250:
+        raise RuleViolation({"weight_kg": "Weight must be between 20 and 250 kg."})
+    changes = {"actual_date": actual_date, "weight_kg": weight_kg, "missed": False, "missed_reason": ""}
+    if visit.actual_date is None and not visit.missed:
+        current = Visit.objects.select_for_update().get(pk=visit.pk)
+        if expected_version is not None and current.version != expected_version:
+            raise ConflictError("This visit was changed by someone else since you opened it. Reload it.")
+        for key, value in changes.items():
+            setattr(current, key, value)
+        current.version += 1
+        with audit_context(actor=actor, channel=channel):
+            _save(current)
+    else:
+        current = record_update(
+            visit,
+            actor=actor,
+            reason=reason,
+            expected_version=expected_version,
+            changes=changes,
+            channel=channel,
+        )
+    if current.in_window is False:
+        with audit_context(actor=actor, channel=channel):
+            _save(
+                ProtocolDeviation(
+                    participant=participant,
+                    category=ProtocolDeviation.Category.VISIT_WINDOW,
+                    description=(
+                        f"{current.label} done on {actual_date:%Y-%m-%d}, outside its window "
+                        f"{current.window_start:%Y-%m-%d} to {current.window_end:%Y-%m-%d}."
+                    ),
+                    detected_on=actual_date,
+                    visit=current,
+                    system_detected=True,
+                )
+            )
+    return current
+
+
+@transaction.atomic(durable=True)
+def visit_mark_missed(*, actor, visit: Visit, reason: str, channel: str = "web") -> Visit:
+    participant = Participant.objects.select_related("study").get(pk=visit.participant_id)
+    _ensure_writable(participant)
+    if not reason.strip():
+        raise RuleViolation({"missed_reason": "Say why the visit was missed."})
+    if visit.actual_date:
+        raise RuleViolation("This visit took place; correct its date instead of marking it missed.")
+    if visit.kind != Visit.Kind.SCHEDULED:
+        raise RuleViolation("Only a scheduled visit can be missed.")
+    current = Visit.objects.select_for_update().get(pk=visit.pk)
+    current.missed = True
+    current.missed_reason = reason.strip()
+    current.version += 1
+    with audit_context(actor=actor, reason="visit missed", channel=channel):
+        _save(current)
+    return current
+
+
+@transaction.atomic(durable=True)
+def visit_add_unscheduled(
+    *,
+    actor,
+    participant: Participant,
+    actual_date: dt.date,
+    reason: str,
+    safety_follow_up: bool = False,
+    weight_kg: Decimal | None = None,
+    channel: str = "web",
+) -> Visit:
+    participant = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
+    _ensure_writable(participant)
+    if not safety_follow_up:
+        _ensure_open(participant, "unscheduled visit")
+    if not reason.strip():
+        raise RuleViolation({"reason": "Say why this unscheduled visit took place."})
+    _visit_date_rules(participant, "actual_date", actual_date)
+    visit = Visit(
+        participant=participant,
+        kind=Visit.Kind.SAFETY if safety_follow_up else Visit.Kind.UNSCHEDULED,
+        actual_date=actual_date,
+        reason=reason.strip(),
+        weight_kg=weight_kg,
+    )
+    with audit_context(actor=actor, channel=channel):
+        _save(visit)
+    return visit
+
+
+# ---------------------------------------------------------------------------------------------
+# Disease-activity assessments
+# ---------------------------------------------------------------------------------------------
+
+# Physiological ranges, with the unit in the message (DOMAIN.md §5). (min, max) inclusive.
+RANGES: dict[str, tuple[Decimal, Decimal, str]] = {
+    "edss": (Decimal("0"), Decimal("10"), "EDSS"),
+    "hba1c:%": (Decimal("3"), Decimal("20"), "HbA1c (%)"),
+    "hba1c:mmol/mol": (Decimal("9"), Decimal("195"), "HbA1c (mmol/mol)"),
+    "insulin_u_per_kg_day": (Decimal("0"), Decimal("3"), "Daily insulin dose (U/kg/day)"),
+    "tender_joints_28": (Decimal("0"), Decimal("28"), "Tender joint count (of 28)"),
+    "swollen_joints_28": (Decimal("0"), Decimal("28"), "Swollen joint count (of 28)"),
+    "crp:mg/L": (Decimal("0"), Decimal("500"), "CRP (mg/L)"),
+    "crp:mg/dL": (Decimal("0"), Decimal("50"), "CRP (mg/dL)"),
+    "esr_mm_h": (Decimal("0"), Decimal("150"), "ESR (mm/h)"),
+    "patient_global_mm": (Decimal("0"), Decimal("100"), "Patient global assessment (mm)"),
+    "evaluator_global_mm": (Decimal("0"), Decimal("100"), "Evaluator global assessment (mm)"),
+    "c_peptide:nmol/L": (Decimal("0"), Decimal("10"), "C-peptide (nmol/L)"),
+    "c_peptide:pmol/L": (Decimal("0"), Decimal("10000"), "C-peptide (pmol/L)"),
+    "c_peptide:ng/mL": (Decimal("0"), Decimal("30"), "C-peptide (ng/mL)"),
+    "mri_lesions": (Decimal("0"), Decimal("200"), "Lesion count"),
+}
+
+# Which assessment fields each indication requires.
+REQUIRED_FIELDS = {
+    Indication.MS: ["edss"],
+    Indication.T1D: ["hba1c", "hba1c_unit", "insulin_u_per_kg_day"],
+    Indication.RA: [
+        "tender_joints_28",
+        "swollen_joints_28",
+        "crp",
+        "crp_unit",
+        "esr_mm_h",
+        "patient_global_mm",
+        "evaluator_global_mm",
+    ],
+}
+ALL_ASSESSMENT_FIELDS = sorted({f for fields in REQUIRED_FIELDS.values() for f in fields})
+
+
+def _check_range(field: str, key: str, value) -> None:
+    low, high, label = RANGES[key]
+    if not low <= Decimal(value) <= high:
+        raise RuleViolation({field: f"{label} must be between {low} and {high}; {value} is outside that range."})
+
+
+def _check_assessment_values(indication: str, values: dict) -> dict:
+    required = REQUIRED_FIELDS[indication]
+    missing = [f for f in required if values.get(f) in (None, "")]
+    if missing:
+        raise RuleViolation(dict.fromkeys(missing, "This field is required for this indication."))
+    foreign = [f for f in ALL_ASSESSMENT_FIELDS if f not in required and values.get(f) not in (None, "")]
+    if foreign:
+        raise RuleViolation({f: f"Not collected for {Indication(indication).label}." for f in foreign})
+    for field in required:
+        if field.endswith("_unit"):
+            continue
+        key = f"{field}:{values[field + '_unit']}" if f"{field}_unit" in required else field
+        if key not in RANGES:
+            raise RuleViolation({f"{field}_unit": f"Unknown unit {values[field + '_unit']!r}."})
+        _check_range(field, key, values[field])
+    if indication == Indication.MS and (Decimal(values["edss"]) * 2) % 1 != 0:
+        raise RuleViolation({"edss": "EDSS is scored in steps of 0.5."})
+    return {f: values[f] for f in required}
+
+
+def _ensure_visit_done(visit: Visit, participant: Participant) -> None:
+    if visit.participant_id != participant.pk:
+        raise RuleViolation("This visit belongs to another participant.")
+    if not visit.actual_date:
+        raise RuleViolation("Record the visit date before entering its assessments.")
+
+
+@transaction.atomic(durable=True)
+def assessment_record(
+    *,
+    actor,
+    visit: Visit,
+    values: dict,
+    reason: str = "",
+    expected_version: int | None = None,
+    channel: str = "web",
+) -> DiseaseAssessment:
+    """Record (or, with a reason, correct) the disease-activity assessment of a visit."""
+    participant = Participant.objects.select_related("study").get(pk=visit.participant_id)
+    _ensure_writable(participant)
+    if visit.kind != Visit.Kind.SAFETY:
+        _ensure_open(participant, "assessment")
+    _ensure_visit_done(visit, participant)
+    clean = _check_assessment_values(participant.study.indication, values)
+    existing = DiseaseAssessment.objects.filter(visit=visit).first()
+    if existing is not None:
+        return record_update(
+            existing,
+            actor=actor,
+            reason=reason,
+            expected_version=expected_version,
+            changes=clean,
+            channel=channel,
+        )
+    assessment = DiseaseAssessment(visit=visit, assessment_date=visit.actual_date, **clean)
+    with audit_context(actor=actor, channel=channel):
+        _save(assessment)
+    return assessment
+
+
+@transaction.atomic(durable=True)
+def mri_record(
+    *,
+    actor,
+    visit: Visit,
+    scan_date: dt.date,
+    new_or_enlarging_t2: int,
+    gd_enhancing: int,
+    reader: str = "",
+    channel: str = "web",
+) -> MRIRead:
+    participant = Participant.objects.select_related("study").get(pk=visit.participant_id)
+    _ensure_writable(participant)
+    _ensure_open(participant, "MRI")
+    if participant.study.indication != Indication.MS:
+        raise RuleViolation("MRI reads are collected in multiple sclerosis studies only.")
+    _ensure_visit_done(visit, participant)
+    _not_future("scan_date", scan_date, "Scan date")
+    _ensure_consented_by(participant, "scan_date", scan_date, "MRI")
+    _check_range("new_or_enlarging_t2", "mri_lesions", new_or_enlarging_t2)
+    _check_range("gd_enhancing", "mri_lesions", gd_enhancing)
+    if MRIRead.objects.filter(visit=visit).exists():
+        raise RuleViolation("This visit already has an MRI read.")
+    read = MRIRead(
+        visit=visit,
+        scan_date=scan_date,
+        new_or_enlarging_t2=new_or_enlarging_t2,
+        gd_enhancing=gd_enhancing,
+        reader=reader.strip(),
+    )
+    with audit_context(actor=actor, channel=channel):
+        _save(read)
+    return read
+
+
+MMTT_MINUTES = (-10, 0, 15, 30, 60, 90, 120, 150, 180, 240)
+
+
+@transaction.atomic(durable=True)
+def mmtt_record(
+    *, actor, visit: Visit, samples: Iterable[tuple[int, Decimal]], unit: str, channel: str = "web"
+) -> list[MMTTSample]:
+    """Record a mixed-meal tolerance test: C-peptide at its time points (minutes), in one unit."""
+    participant = Participant.objects.select_related("study").get(pk=visit.participant_id)
+    _ensure_writable(participant)
+    _ensure_open(participant, "MMTT")
+    if participant.study.indication != Indication.T1D:
+        raise RuleViolation("MMTTs are collected in type 1 diabetes studies only.")
+    _ensure_visit_done(visit, participant)
+    samples = list(samples)
+    if len(samples) < 2:
+        raise RuleViolation({"samples": "An MMTT needs at least two time points."})
+    minutes = [m for m, _ in samples]
+    if len(set(minutes)) != len(minutes):
+        raise RuleViolation({"samples": "A time point appears twice."})
+    bad = [m for m in minutes if m not in MMTT_MINUTES]
+    if bad:
+        raise RuleViolation({"samples": f"Time points must be among {', '.join(map(str, MMTT_MINUTES))} min."})
+    key = f"c_peptide:{unit}"
+    if key not in RANGES:
+        raise RuleViolation({"unit": f"Unknown C-peptide unit {unit!r}."})
+    for minute, value in samples:
+        _check_range(f"c_peptide_{minute}", key, value)
+    if visit.mmtt_samples.exists():
+        raise RuleViolation("This visit already has an MMTT.")
+    rows = [MMTTSample(visit=visit, minute=m, c_peptide=v, unit=unit) for m, v in sorted(samples)]
+    with audit_context(actor=actor, channel=channel):
+        for row in rows:
+            _save(row)
+    return rows
+
+
+@transaction.atomic(durable=True)
+def relapse_record(
+    *,
+    actor,
+    participant: Participant,
+    onset_date: dt.date,
+    steroid_treated: bool,
+    confirmed_by_examination: bool,
+    notes: str = "",
+    channel: str = "web",
+) -> Relapse:
+    participant = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
+    _ensure_writable(participant)
+    _ensure_open(participant, "relapse")
+    if participant.study.indication != Indication.MS:
+        raise RuleViolation("Relapses are recorded in multiple sclerosis studies only.")
+    _not_future("onset_date", onset_date, "Relapse onset")
+    _ensure_consented_by(participant, "onset_date", onset_date, "relapse")
+    relapse = Relapse(
+        participant=participant,
+        onset_date=onset_date,
+        steroid_treated=steroid_treated,
+        confirmed_by_examination=confirmed_by_examination,
+        notes=notes.strip(),
+    )
+    with audit_context(actor=actor, channel=channel):
+        _save(relapse)
+    return relapse
+
+
+# ---------------------------------------------------------------------------------------------
+# Disposition
+# ---------------------------------------------------------------------------------------------
+
+_DISPOSITION_STATUS = {
+    Disposition.Kind.COMPLETED: ParticipantStatus.COMPLETED,
+    Disposition.Kind.WITHDRAWN: ParticipantStatus.WITHDRAWN,
+    Disposition.Kind.LOST: ParticipantStatus.LOST,
+    Disposition.Kind.DEATH: ParticipantStatus.DIED,
+}
+
+
+@transaction.atomic(durable=True)
+def disposition_record(
+    *,
+    actor,
+    participant: Participant,
+    kind: str,
+    disposition_date: dt.date,
+    reason: str = "",
+    death_date: dt.date | None = None,
+    channel: str = "web",
+) -> Disposition:
+    """End a participant's study participation and update their status accordingly."""
+    participant = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
+    _ensure_writable(participant)
+    if participant.status not in (ParticipantStatus.ENROLLED, ParticipantStatus.IN_FOLLOW_UP):
+        raise RuleViolation(
+            f"{participant.subject_code} is {participant.get_status_display().lower()}; "
+            "only an enrolled participant has a disposition."
+        )
+    if kind not in _DISPOSITION_STATUS:
+        raise RuleViolation({"kind": f"Unknown disposition {kind!r}."})
+    _not_future("disposition_date", disposition_date, "Disposition date")
+    if participant.enrolment_date and disposition_date < participant.enrolment_date:
+        raise RuleViolation({"disposition_date": "Disposition cannot precede enrolment."})
+    if kind in (Disposition.Kind.WITHDRAWN, Disposition.Kind.LOST) and not reason.strip():
+        raise RuleViolation({"reason": "Give the reason for the withdrawal or loss to follow-up."})
+    if kind == Disposition.Kind.DEATH:
+        if death_date is None:
+            raise RuleViolation({"death_date": "The date of death is required."})
+        _not_future("death_date", death_date, "Date of death")
+        if death_date > disposition_date:
+            raise RuleViolation({"death_date": "The date of death cannot follow the disposition date."})
+    elif death_date is not None:
+        raise RuleViolation({"death_date": "A date of death is only recorded with a death disposition."})
+    if kind == Disposition.Kind.COMPLETED:
+        infusion = _first_infusion(participant)
+        end = infusion.infusion_date + dt.timedelta(days=participant.study.follow_up_days) if infusion else None
+        if end is None or disposition_date < end:
+            raise RuleViolation(
+                {
+                    "kind": "Completion is only possible at the end of follow-up"
+                    + (f" ({end:%Y-%m-%d})." if end else " after the infusion.")
+                }
+            )
+    last_visit = participant.visits.exclude(actual_date=None).order_by("-actual_date").first()
+    if last_visit and disposition_date < last_visit.actual_date and kind != Disposition.Kind.DEATH:
+        raise RuleViolation(
+            {"disposition_date": f"A visit took place after this date ({last_visit.actual_date:%Y-%m-%d})."}
+        )
+    disposition = Disposition(
+        participant=participant,
+        kind=kind,
+        disposition_date=disposition_date,
+        reason=reason.strip(),
+        death_date=death_date,
+    )
+    participant.status = _DISPOSITION_STATUS[kind]
+    participant.version += 1
+    with audit_context(actor=actor, reason=f"disposition: {kind}", channel=channel):
+        _save(disposition)
+        _save(participant)
+    return disposition
