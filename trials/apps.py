@@ -1,6 +1,20 @@
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
+from django.db.models.signals import post_migrate
+
+
+def _protect_database(sender, using, **kwargs) -> None:
+    from trials.dbroles import apply_database_protection
+
+    apply_database_protection(using)
 
 
 class TrialsConfig(AppConfig):
     name = "trials"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from trials.dbroles import assume_app_role
+
+        post_migrate.connect(_protect_database, sender=self, dispatch_uid="trials.protect_database")
+        connection_created.connect(assume_app_role, dispatch_uid="trials.assume_app_role")

@@ -590,3 +590,24 @@ class Disposition(VersionedModel):
                 name="disposition_death_has_date",
             ),
         ]
+
+
+class AuditSeal(models.Model):
+    """One link of the tamper-evident hash chain over every audit event (written by a database
+    trigger, see ``trials/dbroles.py``; read by ``manage.py verify_audit``)."""
+
+    seq = models.BigIntegerField(unique=True)
+    event_table = models.CharField(max_length=100)
+    event_id = models.BigIntegerField()
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+    sealed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["event_table", "event_id"], name="audit_seal_once_per_event"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.event_table}:{self.event_id}"

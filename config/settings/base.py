@@ -78,6 +78,10 @@ DATABASES = {
     "default": env_database("DATABASE_URL")
     or embedded_database(Path(env_str("TOLERANCE_PGDATA", str(BASE_DIR / ".pgdata"))))
 }
+# The web app and workers run as a role that does not own the tables and cannot alter the audit
+# trail or delete clinical rows (trials/dbroles.py). Owner-only commands (migrate) drop it.
+TOLERANCE_DB_APP_ROLE = env_str("TOLERANCE_DB_APP_ROLE", "tolerance_app")
+TOLERANCE_DB_ASSUME_APP_ROLE = env_bool("TOLERANCE_DB_ASSUME_APP_ROLE", True)
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

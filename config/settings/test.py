@@ -4,3 +4,7 @@ from config.settings.base import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+# Tests run as the owner so that transactional tests can reset tables between tests; the tests of
+# the app role's privileges switch to it explicitly (tests/trials/test_db_protection.py).
+TOLERANCE_DB_ASSUME_APP_ROLE = False
