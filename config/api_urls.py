@@ -1,0 +1,16 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from trials.api import ParticipantViewSet, StudyViewSet, VisitViewSet
+
+router = DefaultRouter()
+router.register("studies", StudyViewSet, basename="study")
+router.register("participants", ParticipantViewSet, basename="participant")
+router.register("visits", VisitViewSet, basename="visit")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]
