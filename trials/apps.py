@@ -14,7 +14,13 @@ class TrialsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.contrib.auth import signals as auth_signals
+
+        from trials import access_log
         from trials.dbroles import assume_app_role
 
         post_migrate.connect(_protect_database, sender=self, dispatch_uid="trials.protect_database")
         connection_created.connect(assume_app_role, dispatch_uid="trials.assume_app_role")
+        auth_signals.user_logged_in.connect(access_log.on_login, dispatch_uid="trials.access_login")
+        auth_signals.user_logged_out.connect(access_log.on_logout, dispatch_uid="trials.access_logout")
+        auth_signals.user_login_failed.connect(access_log.on_login_failed, dispatch_uid="trials.access_failed")

@@ -4,6 +4,7 @@ with logic of its own (HackSoft §Settings); ``config/env.py`` is the only reade
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 from config.embedded_db import embedded_database
@@ -35,6 +36,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_filters",
     "django_htmx",
+    "axes",
     "pgtrigger",
     "pghistory",
     "pghistory.admin",
@@ -53,6 +55,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last among authentication middleware, as django-axes requires.
+    "axes.middleware.AxesMiddleware",
     # Attaches the acting user and URL to every audit event written during the request.
     "pghistory.middleware.HistoryMiddleware",
 ]
@@ -114,6 +118,20 @@ STORAGES = {
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # lockout after repeated failures; state in PostgreSQL
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("TOLERANCE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env_int("TOLERANCE_LOGIN_LOCKOUT_MINUTES", 30, minimum=1))
+# Lock the account, not the address: a hospital's staff share one NAT address, so an IP lockout
+# would lock out a whole site. Rotating user agents or cookies does not reset a username lockout,
+# which is what axes.W006 warns about for other parameter sets.
+AXES_LOCKOUT_PARAMETERS = ["username"]
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "trials:home"
