@@ -81,7 +81,7 @@ def apply_database_protection(using: str = "default") -> None:
         cursor.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON django_migrations FROM {}").format(ident))
         for table in clinical:
             cursor.execute(sql.SQL("REVOKE DELETE, TRUNCATE ON {} FROM {}").format(sql.Identifier(table), ident))
-        for table in [*events, "trials_auditseal", "trials_accessevent"]:
+        for table in [*events, "trials_auditseal", "trials_accessevent", "trials_signature"]:
             cursor.execute(
                 sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(sql.Identifier(table), ident)
             )

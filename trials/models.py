@@ -54,11 +54,18 @@ class FormCode(models.TextChoices):
 
 
 class VersionedModel(models.Model):
-    """Base of clinical records: the ``version`` a form was loaded with guards against lost updates."""
+    """Base of clinical records: the ``version`` a form was loaded with guards against lost updates,
+    and voiding instead of deletion (a voided record stays visible to data managers and auditors and
+    drops out of analyses and exports)."""
 
     version = models.PositiveIntegerField(default=1, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    voided_at = models.DateTimeField(null=True, blank=True, editable=False)
+    voided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, editable=False, related_name="+"
+    )
+    void_reason = models.TextField(blank=True, editable=False)
 
     class Meta:
         abstract = True
@@ -104,6 +111,10 @@ class Study(models.Model):
         help_text="An infused dose further than this from the cohort's planned dose is a protocol deviation.",
     )
     sites = models.ManyToManyField(Site, related_name="studies", blank=True)
+    is_blinded = models.BooleanField(
+        default=False,
+        help_text="Randomized within cohorts (e.g. Treg vs placebo); the arm is hidden from blinded roles.",
+    )
     is_locked = models.BooleanField(default=False, editable=False)
 
     class Meta:
@@ -621,6 +632,7 @@ class AccessEvent(models.Model):
         LOGIN = "login", "Signed in"
         LOGOUT = "logout", "Signed out"
         LOGIN_FAILED = "login_failed", "Failed sign-in"
+        SIGNATURE_FAILED = "signature_failed", "Failed e-signature (wrong password)"
 
     at = models.DateTimeField(auto_now_add=True)
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -635,3 +647,68 @@ class AccessEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind} {self.username}"
+
+
+class Signature(models.Model):
+    """An investigator's e-signature on a record (21 CFR 11.50/11.70). Append-only. It is valid while
+    the record's ``version`` equals the one signed: any later change invalidates it, visibly."""
+
+    class Meaning(models.TextChoices):
+        CASEBOOK = "casebook", "I confirm this casebook is complete and accurate"
+        CAUSALITY = "causality", "I confirm the causality assessment"
+        REVIEW = "review", "I have reviewed this record"
+
+    content_type = models.ForeignKey("contenttypes.ContentType", on_delete=models.PROTECT)
+    object_id = models.BigIntegerField()
+    record_version = models.PositiveIntegerField()
+    meaning = models.CharField(max_length=20, choices=Meaning.choices)
+    signer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="signatures")
+    signer_name = models.CharField(max_length=300, help_text="Printed name at the time of signing.")
+    signed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-signed_at"]
+        indexes = [models.Index(fields=["content_type", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.signer_name} {self.get_meaning_display()} {self.signed_at:%Y-%m-%d %H:%M} UTC"
+
+
+@audited
+class RandomizationSlot(models.Model):
+    """One entry of a blinded study's allocation list (per cohort, in sequence). Stored apart from the
+    participant and reachable only through the unblinded selectors (RELIABILITY.md §3, blinding)."""
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="randomization_slots")
+    cohort = models.ForeignKey(DoseCohort, on_delete=models.PROTECT, related_name="randomization_slots")
+    sequence = models.PositiveIntegerField()
+    arm = models.CharField(max_length=40, help_text="e.g. TREG or PLACEBO")
+    participant = models.OneToOneField(
+        Participant, on_delete=models.PROTECT, null=True, blank=True, related_name="allocation"
+    )
+    allocated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["study", "cohort", "sequence"]
+        constraints = [
+            models.UniqueConstraint(fields=["cohort", "sequence"], name="randomization_slot_sequence_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cohort} slot {self.sequence}"
+
+
+@audited
+class EmergencyUnblinding(models.Model):
+    """An investigator learned one participant's arm for a medical emergency (ICH E6(R3) §4.1.4)."""
+
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="unblindings")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reason = models.TextField()
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.participant} unblinded by {self.user} at {self.at:%Y-%m-%d %H:%M}"
