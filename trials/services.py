@@ -147,6 +147,8 @@ def participant_screen(
     channel: str = "web",
 ) -> Participant:
     """Register a person for screening and give them the next pseudonymous subject code of the site."""
+    # Read the lock flag from the database: the caller's instance may predate the study lock.
+    study = Study.objects.get(pk=study.pk)
     if study.is_locked:
         raise LockedError(f"Study {study.code} is locked; no participant can be screened.")
     if not study.sites.filter(pk=site.pk).exists():
@@ -329,6 +331,8 @@ def participant_enrol(*, actor, participant: Participant, enrolment_date: dt.dat
     participant.version += 1
     with audit_context(actor=actor, reason="enrolment", channel=channel):
         _save(participant)
+        if participant.study.is_blinded:
+            _allocate(participant, cohort)
     return participant
 
 
@@ -407,7 +411,9 @@ def infusion_record(
 ) -> Infusion:
     """Record a dosing event, compute the dose per kg, flag a dose deviation and, for the first
     infusion, set the participant's visit schedule from day 0 = the infusion date."""
-    participant = Participant.objects.select_for_update(of=("self",)).select_related("study", "cohort").get(pk=participant.pk)
+    participant = (
+        Participant.objects.select_for_update(of=("self",)).select_related("study", "cohort").get(pk=participant.pk)
+    )
     _ensure_writable(participant)
     if participant.status not in (ParticipantStatus.ENROLLED, ParticipantStatus.IN_FOLLOW_UP):
         raise RuleViolation(
@@ -537,8 +543,10 @@ def visit_record(
     if weight_kg is not None and not 20 <= Decimal(weight_kg) <= 250:
         raise RuleViolation({"weight_kg": "Weight must be between 20 and 250 kg."})
     changes = {"actual_date": actual_date, "weight_kg": weight_kg, "missed": False, "missed_reason": ""}
-    if visit.actual_date is None and not visit.missed:
-        current = Visit.objects.select_for_update().get(pk=visit.pk)
+    # Decide between first entry and edit on the locked row, not on the caller's copy: a visit
+    # recorded since the form was loaded must not be overwritten without a reason for change.
+    current = Visit.objects.select_for_update().get(pk=visit.pk)
+    if current.actual_date is None and not current.missed:
         if expected_version is not None and current.version != expected_version:
             raise ConflictError("This visit was changed by someone else since you opened it. Reload it.")
         for key, value in changes.items():
@@ -548,14 +556,17 @@ def visit_record(
             _save(current)
     else:
         current = record_update(
-            visit,
+            current,
             actor=actor,
             reason=reason,
             expected_version=expected_version,
             changes=changes,
             channel=channel,
         )
-    if current.in_window is False:
+    already_flagged = ProtocolDeviation.objects.filter(
+        visit=current, category=ProtocolDeviation.Category.VISIT_WINDOW, system_detected=True
+    ).exists()
+    if current.in_window is False and not already_flagged:
         with audit_context(actor=actor, channel=channel):
             _save(
                 ProtocolDeviation(
@@ -579,11 +590,11 @@ def visit_mark_missed(*, actor, visit: Visit, reason: str, channel: str = "web")
     _ensure_writable(participant)
     if not reason.strip():
         raise RuleViolation({"missed_reason": "Say why the visit was missed."})
-    if visit.actual_date:
-        raise RuleViolation("This visit took place; correct its date instead of marking it missed.")
-    if visit.kind != Visit.Kind.SCHEDULED:
-        raise RuleViolation("Only a scheduled visit can be missed.")
     current = Visit.objects.select_for_update().get(pk=visit.pk)
+    if current.actual_date:
+        raise RuleViolation("This visit took place; correct its date instead of marking it missed.")
+    if current.kind != Visit.Kind.SCHEDULED:
+        raise RuleViolation("Only a scheduled visit can be missed.")
     current.missed = True
     current.missed_reason = reason.strip()
     current.version += 1
@@ -610,6 +621,8 @@ def visit_add_unscheduled(
     if not reason.strip():
         raise RuleViolation({"reason": "Say why this unscheduled visit took place."})
     _visit_date_rules(participant, "actual_date", actual_date)
+    if weight_kg is not None and not 20 <= Decimal(weight_kg) <= 250:
+        raise RuleViolation({"weight_kg": "Weight must be between 20 and 250 kg."})
     visit = Visit(
         participant=participant,
         kind=Visit.Kind.SAFETY if safety_follow_up else Visit.Kind.UNSCHEDULED,
@@ -904,3 +917,222 @@ def disposition_record(
         _save(disposition)
         _save(participant)
     return disposition
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: locking, voiding, e-signatures, blinding (RELIABILITY.md §B, §C)
+# ---------------------------------------------------------------------------------------------
+
+
+def _require_role(actor, *, study, roles: set[str], site=None, action: str) -> None:
+    """Refuse unless ``actor`` holds one of ``roles`` in ``study`` (at ``site`` for site-bound roles)."""
+    from django.core.exceptions import PermissionDenied
+
+    from trials.models import SITE_BOUND_ROLES, StudyMembership
+
+    for membership in StudyMembership.objects.filter(user=actor, study=study, role__in=roles):
+        if membership.role not in SITE_BOUND_ROLES or site is None or membership.site_id == site.pk:
+            return
+    raise PermissionDenied(f"Your role does not allow you to {action}.")
+
+
+def _required_reason(reason: str, field: str = "reason") -> str:
+    if not reason or not reason.strip():
+        raise RuleViolation({field: "A reason is required."})
+    return reason.strip()
+
+
+@transaction.atomic(durable=True)
+def casebook_set_locked(*, actor, participant: Participant, locked: bool, reason: str, channel: str = "web"):
+    """Lock or unlock one participant's casebook (data managers). Unlocking needs a reason too."""
+    from trials.models import Role
+
+    reason = _required_reason(reason)
+    _require_role(actor, study=participant.study, roles={Role.DATA_MANAGER}, action="lock casebooks")
+    current = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
+    if current.is_locked == locked:
+        raise RuleViolation(f"The casebook of {current.subject_code} is already {'locked' if locked else 'unlocked'}.")
+    current.is_locked = locked
+    current.version += 1
+    with audit_context(actor=actor, reason=f"{'lock' if locked else 'unlock'}: {reason}", channel=channel):
+        current.save(update_fields=["is_locked", "version", "updated_at"])
+    return current
+
+
+@transaction.atomic(durable=True)
+def study_set_locked(*, actor, study: Study, locked: bool, reason: str, channel: str = "web") -> Study:
+    """Database lock of a whole study (e.g. before an interim analysis), and its reasoned unlock."""
+    from trials.models import Role
+
+    reason = _required_reason(reason)
+    _require_role(actor, study=study, roles={Role.DATA_MANAGER}, action="lock a study")
+    current = Study.objects.select_for_update().get(pk=study.pk)
+    if current.is_locked == locked:
+        raise RuleViolation(f"Study {current.code} is already {'locked' if locked else 'unlocked'}.")
+    current.is_locked = locked
+    with audit_context(actor=actor, reason=f"{'lock' if locked else 'unlock'}: {reason}", channel=channel):
+        current.save(update_fields=["is_locked"])
+    return current
+
+
+def _participant_of(record) -> Participant:
+    if isinstance(record, Participant):
+        return record
+    if hasattr(record, "participant_id"):
+        return Participant.objects.select_related("study", "site").get(pk=record.participant_id)
+    if hasattr(record, "visit_id"):
+        return Participant.objects.select_related("study", "site").get(visits__pk=record.visit_id)
+    raise TypeError(f"{type(record).__name__} is not part of a casebook")
+
+
+@transaction.atomic(durable=True)
+def record_void(*, actor, record, reason: str, channel: str = "web"):
+    """Void a clinical record instead of deleting it: it stays in the database and the audit trail,
+    visible to data managers and auditors, and drops out of analyses and exports."""
+    from trials.models import DATA_ENTRY_ROLES, Role
+
+    reason = _required_reason(reason)
+    participant = _participant_of(record)
+    _ensure_writable(participant)
+    _require_role(
+        actor,
+        study=participant.study,
+        roles=set(DATA_ENTRY_ROLES) | {Role.DATA_MANAGER},
+        site=participant.site,
+        action="void records",
+    )
+    model = type(record)
+    current = model.objects.select_for_update().get(pk=record.pk)
+    if current.voided_at is not None:
+        raise RuleViolation("This record is already voided.")
+    current.voided_at = timezone.now()
+    current.voided_by = actor
+    current.void_reason = reason
+    current.version += 1
+    with audit_context(actor=actor, reason=f"void: {reason}", channel=channel):
+        current.save(update_fields=["voided_at", "voided_by", "void_reason", "version", "updated_at"])
+    return current
+
+
+def _check_password(actor, password: str, request=None) -> None:
+    """Re-authentication for signatures and unblinding; a failure is audited as an access event."""
+    from trials.access_log import record_access
+    from trials.models import AccessEvent
+
+    if not password or not actor.check_password(password):
+        # Callers run this outside their atomic block so the failed attempt is never rolled back.
+        record_access(kind=AccessEvent.Kind.SIGNATURE_FAILED, request=request, user=actor)
+        raise RuleViolation({"password": "The password is not correct; nothing was signed."})
+
+
+def record_sign(*, actor, record, password: str, meaning: str, request=None, channel: str = "web"):
+    """An investigator signs a record by re-entering their password and choosing what the signature
+    means. The signature holds the record's version: a later change invalidates it."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from trials.models import Role, Signature
+
+    participant = _participant_of(record)
+    _require_role(
+        actor, study=participant.study, roles={Role.INVESTIGATOR}, site=participant.site, action="sign records"
+    )
+    if meaning not in Signature.Meaning.values:
+        raise RuleViolation({"meaning": "Choose what your signature means."})
+    # The failed attempt must stay recorded, so the password check runs before the atomic block.
+    _check_password(actor, password, request)
+    with transaction.atomic(durable=True):
+        current = type(record).objects.select_for_update().get(pk=record.pk)
+        name = actor.get_full_name() or actor.get_username()
+        return Signature.objects.create(
+            content_type=ContentType.objects.get_for_model(current),
+            object_id=current.pk,
+            record_version=current.version,
+            meaning=meaning,
+            signer=actor,
+            signer_name=name,
+        )
+
+
+def signature_state(record) -> dict | None:
+    """The latest signature of a record and whether it still holds (None: never signed)."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from trials.models import Signature
+
+    signature = (
+        Signature.objects.filter(content_type=ContentType.objects.get_for_model(record), object_id=record.pk)
+        .order_by("-signed_at")
+        .first()
+    )
+    if signature is None:
+        return None
+    valid = signature.record_version == record.version
+    return {
+        "signature": signature,
+        "valid": valid,
+        "invalidated_on": None if valid else record.updated_at,
+    }
+
+
+def _allocate(participant: Participant, cohort: DoseCohort) -> None:
+    """Blinded studies: give the participant the next free slot of the cohort's allocation list."""
+    from trials.models import RandomizationSlot
+
+    slot = (
+        RandomizationSlot.objects.select_for_update()
+        .filter(cohort=cohort, participant__isnull=True)
+        .order_by("sequence")
+        .first()
+    )
+    if slot is None:
+        raise RuleViolation(f"The allocation list of cohort {cohort.number} is exhausted; ask the data manager.")
+    slot.participant = participant
+    slot.allocated_at = timezone.now()
+    slot.save(update_fields=["participant", "allocated_at"])
+
+
+def participant_unblind(*, actor, participant: Participant, password: str, reason: str, request=None) -> str:
+    """Emergency unblinding of one participant by an investigator: re-authenticated, reasoned,
+    audited and notified to the medical monitors. Returns the arm."""
+    from trials.models import EmergencyUnblinding, RandomizationSlot, Role
+
+    reason = _required_reason(reason)
+    _require_role(
+        actor, study=participant.study, roles={Role.INVESTIGATOR}, site=participant.site, action="unblind"
+    )
+    slot = RandomizationSlot.objects.filter(participant=participant).first()
+    if slot is None:
+        raise RuleViolation(f"{participant.subject_code} has no randomized allocation.")
+    _check_password(actor, password, request)
+    with transaction.atomic(durable=True), audit_context(actor=actor, reason=f"emergency unblinding: {reason}"):
+        unblinding = EmergencyUnblinding.objects.create(participant=participant, user=actor, reason=reason)
+        transaction.on_commit(lambda: _notify_unblinding(unblinding.pk))
+    return slot.arm
+
+
+def _notify_unblinding(unblinding_id: int) -> None:
+    from django.core.mail import send_mail
+
+    from trials.models import EmergencyUnblinding, Role, StudyMembership
+
+    unblinding = EmergencyUnblinding.objects.select_related("participant__study", "user").get(pk=unblinding_id)
+    study = unblinding.participant.study
+    recipients = sorted(
+        {
+            m.user.email
+            for m in StudyMembership.objects.filter(study=study, role=Role.MEDICAL_MONITOR).select_related("user")
+            if m.user.email
+        }
+    )
+    if recipients:
+        # The arm itself is never put in the message: it goes to people who may be blinded.
+        send_mail(
+            subject=f"[{study.code}] Emergency unblinding of {unblinding.participant.subject_code}",
+            message=(
+                f"{unblinding.user.get_full_name() or unblinding.user.get_username()} unblinded "
+                f"{unblinding.participant.subject_code} at {unblinding.at:%Y-%m-%d %H:%M} UTC.\n"
+                f"Reason: {unblinding.reason}"
+            ),
+            from_email=None,
+            recipient_list=recipients,
+        )
