@@ -80,3 +80,96 @@ def audit_verify(*, using: str = "default") -> tuple[int, list[str]]:
     for table, event_id in sorted(payloads):
         problems.append(f"event {table}:{event_id} has no seal (written while the audit triggers were bypassed)")
     return checked, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the audit trail: a record's history and a study's audit export
+# ---------------------------------------------------------------------------------------------
+
+# Audit rows that would reveal the randomized arm: never shown to blinded users (RELIABILITY.md §0.4).
+BLINDED_MODELS = frozenset({"trials.randomizationslot"})
+_HIDDEN_FIELDS = frozenset({"created_at", "updated_at", "version"})
+
+
+def _tracked_fields(event_model) -> list:
+    return [
+        f
+        for f in event_model._meta.concrete_fields
+        if not f.name.startswith("pgh_") and f.name not in _HIDDEN_FIELDS and f.name != "id"
+    ]
+
+
+def _display(value) -> str:
+    if value is None:
+        return ""
+    return str(value)
+
+
+def history_rows(events, event_model, *, label: str):
+    """Turn the ordered snapshots of one model's events into field-level changes (old -> new)."""
+    fields = _tracked_fields(event_model)
+    previous: dict[int, object] = {}
+    for event in events:
+        before = previous.get(event.pgh_obj_id)
+        metadata = event.pgh_context.metadata if event.pgh_context_id else {}
+        for field in fields:
+            new = getattr(event, field.attname)
+            old = getattr(before, field.attname) if before is not None else None
+            if before is not None and old == new:
+                continue
+            if before is None and event.pgh_label == "insert" and new in (None, ""):
+                continue
+            yield {
+                "at": event.pgh_created_at,
+                "model": label,
+                "object_id": event.pgh_obj_id,
+                "action": event.pgh_label,
+                "field": field.name,
+                "old": _display(old),
+                "new": _display(new),
+                "user": metadata.get("username") or "",
+                "user_id": metadata.get("user"),
+                "reason": metadata.get("reason") or "",
+                "channel": metadata.get("channel") or ("web" if metadata.get("url") else ""),
+            }
+        previous[event.pgh_obj_id] = event
+
+
+def record_history(record) -> list[dict]:
+    """Every change of one record: field, old -> new, who, when (UTC), why."""
+    event_model = record.pgh_event_model
+    events = event_model.objects.filter(pgh_obj_id=record.pk).select_related("pgh_context").order_by("pgh_id")
+    return list(history_rows(events, event_model, label=record._meta.verbose_name))
+
+
+def _study_filter(event_model, study) -> dict | None:
+    tracked = event_model.pgh_tracked_model
+    names = {f.name for f in tracked._meta.concrete_fields}
+    if tracked._meta.label_lower == "trials.study":
+        return {"pgh_obj_id": study.pk}
+    if "study" in names:
+        return {"study_id": study.pk}
+    if "participant" in names:
+        return {"participant_id__in": study.participants.values("pk")}
+    if "visit" in names:
+        from trials.models import Visit
+
+        return {"visit_id__in": Visit.objects.filter(participant__study=study).values("pk")}
+    if tracked._meta.label_lower == "trials.site":
+        return {"pgh_obj_id__in": study.sites.values("pk")}
+    return None
+
+
+def study_audit_rows(study, *, unblinded: bool):
+    """The audit trail of a whole study, model by model, oldest first within each model."""
+    from trials.dbroles import event_models
+
+    for event_model in event_models():
+        label = event_model.pgh_tracked_model._meta.label_lower
+        if label in BLINDED_MODELS and not unblinded:
+            continue
+        filters = _study_filter(event_model, study)
+        if filters is None:
+            continue
+        events = event_model.objects.filter(**filters).select_related("pgh_context").order_by("pgh_id")
+        yield from history_rows(events.iterator(chunk_size=2000), event_model, label=label)
