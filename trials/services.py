@@ -445,6 +445,7 @@ def infusion_record(
         )
     if apheresis_date > start_date:
         raise RuleViolation({"apheresis_date": "The apheresis (cell collection) must come before the infusion."})
+    _ensure_consented_by(participant, "apheresis_date", apheresis_date, "apheresis")
     if not 0 < Decimal(viability_pct) <= 100:
         raise RuleViolation({"viability_pct": "Viability must be between 0 and 100 %."})
     if not 20 <= Decimal(weight_kg) <= 250:
