@@ -4,6 +4,7 @@ brought to a stage through the real services (so factories never produce states 
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import contextmanager
 from decimal import Decimal
 
 import factory
@@ -56,20 +57,32 @@ class SiteFactory(factory.django.DjangoModelFactory):
     country = "GB"
 
 
-def build_study(*, code: str = "TREG-MS-01", indication: str = Indication.MS, sites=None, sentinel_days: int = 0,
-                capacity: int = 3) -> Study:
+def build_study(
+    *, code: str = "TREG-MS-01", indication: str = Indication.MS, sites=None, sentinel_days: int = 0, capacity: int = 3
+) -> Study:
     """A study with two sites, three dose cohorts, a schedule, two criteria and a consent version."""
     study = Study.objects.create(code=code.lower(), title=f"Treg infusion in {indication}", indication=indication)
     sites = sites or [SiteFactory(code="S01"), SiteFactory(code="S02")]
     study.sites.set(sites)
     for number, per_kg in enumerate([Decimal("1000000"), Decimal("5000000"), Decimal("20000000")], start=1):
         DoseCohort.objects.create(
-            study=study, number=number, label=f"{per_kg / 1_000_000:g}M/kg", planned_cells_per_kg=per_kg,
-            sentinel_interval_days=sentinel_days, capacity=capacity,
+            study=study,
+            number=number,
+            label=f"{per_kg / 1_000_000:g}M/kg",
+            planned_cells_per_kg=per_kg,
+            sentinel_interval_days=sentinel_days,
+            capacity=capacity,
         )
     for code_, name, day, before, after, forms in SCHEDULE:
-        VisitDefinition.objects.create(study=study, code=code_, name=name, target_day=day, window_before=before,
-                                       window_after=after, forms_due=forms)
+        VisitDefinition.objects.create(
+            study=study,
+            code=code_,
+            name=name,
+            target_day=day,
+            window_before=before,
+            window_after=after,
+            forms_due=forms,
+        )
     EligibilityCriterion.objects.create(study=study, kind="inclusion", number=1, text="Aged 18 to 65 years")
     EligibilityCriterion.objects.create(study=study, kind="exclusion", number=1, text="Active infection")
     ConsentDocument.objects.create(study=study, version="1.0", effective_date=dt.date(2024, 1, 1))
@@ -84,15 +97,23 @@ def member(username: str, study: Study, role: str, site: Site | None = None, unb
 
 def screened(study: Study, site: Site, actor, *, screening_date: dt.date | None = None) -> Participant:
     return services.participant_screen(
-        actor=actor, study=study, site=site, sex="F", birth_year=1985,
+        actor=actor,
+        study=study,
+        site=site,
+        sex="F",
+        birth_year=1985,
         screening_date=screening_date or dt.date(2025, 1, 6),
     )
 
 
 def consented(study, site, actor, *, on: dt.date | None = None) -> Participant:
     participant = screened(study, site, actor, screening_date=on)
-    services.consent_record(actor=actor, participant=participant, document=study.consent_documents.first(),
-                            consent_date=on or dt.date(2025, 1, 6))
+    services.consent_record(
+        actor=actor,
+        participant=participant,
+        document=study.consent_documents.first(),
+        consent_date=on or dt.date(2025, 1, 6),
+    )
     return participant
 
 
@@ -109,15 +130,21 @@ def enrolled(study, site, actor, *, on: dt.date | None = None) -> Participant:
     return services.participant_enrol(actor=actor, participant=participant, enrolment_date=on + dt.timedelta(days=7))
 
 
-def infusion_kwargs(participant: Participant, *, start: dt.datetime | None = None, weight=Decimal("70"),
-                    cells: Decimal | None = None) -> dict:
+def infusion_kwargs(
+    participant: Participant, *, start: dt.datetime | None = None, weight=Decimal("70"), cells: Decimal | None = None
+) -> dict:
     start = start or dt.datetime(2025, 2, 3, 9, 0, tzinfo=dt.UTC)
     planned = participant.cohort.planned_cells_per_kg
-    return dict(
-        apheresis_date=start.date() - dt.timedelta(days=21), manufacturing_lot="LOT-0001", release_passed=True,
-        viability_pct=Decimal("92.5"), total_viable_cells=cells if cells is not None else planned * weight,
-        weight_kg=weight, start_at=start, end_at=start + dt.timedelta(minutes=45),
-    )
+    return {
+        "apheresis_date": start.date() - dt.timedelta(days=21),
+        "manufacturing_lot": "LOT-0001",
+        "release_passed": True,
+        "viability_pct": Decimal("92.5"),
+        "total_viable_cells": cells if cells is not None else planned * weight,
+        "weight_kg": weight,
+        "start_at": start,
+        "end_at": start + dt.timedelta(minutes=45),
+    }
 
 
 def infused(study, site, actor, *, on: dt.date | None = None, start: dt.datetime | None = None) -> Participant:
@@ -132,3 +159,14 @@ def now() -> dt.datetime:
 
 
 __all__ = ["Role"]
+
+
+@contextmanager
+def admin_change(reason: str = "study configuration changed for this test"):
+    """Test set-up changes made outside the services still need who and why: the database refuses an
+    UPDATE of a clinical row without them."""
+    from trials.audit import audit_context
+
+    user = UserFactory(username="test-data-manager")
+    with audit_context(actor=user, reason=reason, channel="test"):
+        yield

@@ -6,6 +6,8 @@ the table owner. So:
 * the application runs as ``tolerance_app``, a role that does not own the tables: it may read and
   insert audit events but never UPDATE, DELETE or TRUNCATE them, and it may not DELETE clinical rows
   (records are voided, never removed). Migrations and the demo reset run as the owner.
+* every UPDATE of a clinical row must carry the acting user and a reason in its pghistory context;
+  a trigger refuses it otherwise, whichever path wrote it.
 * every audit event is sealed into a hash chain (``trials_auditseal``) by an AFTER INSERT trigger;
   ``manage.py verify_audit`` walks it and reports any altered, removed or unsealed event.
 
@@ -42,6 +44,31 @@ BEGIN
         clock_timestamp()
     );
     RETURN NULL;
+END;
+$$;
+"""
+
+
+REQUIRE_CONTEXT_FUNCTION = """
+CREATE OR REPLACE FUNCTION tolerance_require_audit_context() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    metadata jsonb;
+BEGIN
+    BEGIN
+        metadata := nullif(current_setting('pghistory.context_metadata', true), '')::jsonb;
+    EXCEPTION WHEN others THEN
+        metadata := NULL;
+    END;
+    IF metadata IS NULL OR coalesce(metadata->>'user', '') = '' THEN
+        RAISE EXCEPTION 'audit context required: an update of % must name the acting user', TG_TABLE_NAME
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF coalesce(btrim(metadata->>'reason'), '') = '' THEN
+        RAISE EXCEPTION 'audit context required: an update of % must give a reason for change', TG_TABLE_NAME
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
 END;
 $$;
 """
@@ -88,6 +115,16 @@ def apply_database_protection(using: str = "default") -> None:
         # The app reads the chain but only the SECURITY DEFINER trigger writes it.
         cursor.execute(sql.SQL("REVOKE INSERT ON trials_auditseal FROM {}").format(ident))
         cursor.execute(SEAL_FUNCTION % {"lock": SEAL_LOCK_KEY})
+        cursor.execute(REQUIRE_CONTEXT_FUNCTION)
+        for table in clinical:
+            # An UPDATE of a clinical row must carry who and why, whatever path it takes (ORM, bulk,
+            # raw SQL): the database refuses it otherwise (RELIABILITY.md (b) step 3).
+            cursor.execute(
+                sql.SQL(
+                    "CREATE OR REPLACE TRIGGER tolerance_require_context BEFORE UPDATE ON {} "
+                    "FOR EACH ROW EXECUTE FUNCTION tolerance_require_audit_context()"
+                ).format(sql.Identifier(table))
+            )
         for table in events:
             cursor.execute(
                 sql.SQL(

@@ -478,7 +478,7 @@ def infusion_record(
         interruption_reason=interruption_reason.strip(),
         premedication=premedication.strip(),
     )
-    with audit_context(actor=actor, channel=channel):
+    with audit_context(actor=actor, reason="infusion recorded", channel=channel):
         _save(infusion)
         deviation = dose_deviation_pct(infusion, cohort)
         if abs(deviation) > participant.study.dose_tolerance_pct:
@@ -553,7 +553,9 @@ def visit_record(
         for key, value in changes.items():
             setattr(current, key, value)
         current.version += 1
-        with audit_context(actor=actor, channel=channel):
+        # First entry of a planned visit: the row exists since the infusion, so this is an UPDATE
+        # and the database wants a reason; the workflow step is the reason.
+        with audit_context(actor=actor, reason="visit recorded", channel=channel):
             _save(current)
     else:
         current = record_update(
@@ -1098,9 +1100,7 @@ def participant_unblind(*, actor, participant: Participant, password: str, reaso
     from trials.models import EmergencyUnblinding, RandomizationSlot, Role
 
     reason = _required_reason(reason)
-    _require_role(
-        actor, study=participant.study, roles={Role.INVESTIGATOR}, site=participant.site, action="unblind"
-    )
+    _require_role(actor, study=participant.study, roles={Role.INVESTIGATOR}, site=participant.site, action="unblind")
     slot = RandomizationSlot.objects.filter(participant=participant).first()
     if slot is None:
         raise RuleViolation(f"{participant.subject_code} has no randomized allocation.")

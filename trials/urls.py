@@ -6,4 +6,24 @@ app_name = "trials"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    # Study level
+    path("studies/<slug:study_code>/participants/", views.participant_list, name="participant_list"),
+    path("studies/<slug:study_code>/participants/screen/", views.participant_screen, name="participant_screen"),
+    # One participant's casebook
+    path("participants/<int:pk>/", views.participant_detail, name="participant_detail"),
+    path("participants/<int:pk>/consent/", views.consent_record, name="consent_record"),
+    path("participants/<int:pk>/eligibility/", views.eligibility_record, name="eligibility_record"),
+    path("participants/<int:pk>/screen-failure/", views.screen_failure, name="screen_failure"),
+    path("participants/<int:pk>/enrol/", views.participant_enrol, name="participant_enrol"),
+    path("participants/<int:pk>/infusion/", views.infusion_record, name="infusion_record"),
+    path("participants/<int:pk>/visits/add/", views.visit_add, name="visit_add"),
+    path("participants/<int:pk>/relapse/", views.relapse_record, name="relapse_record"),
+    path("participants/<int:pk>/disposition/", views.disposition_record, name="disposition_record"),
+    # One visit
+    path("visits/<int:pk>/row/", views.visit_row, name="visit_row"),
+    path("visits/<int:pk>/record/", views.visit_record, name="visit_record"),
+    path("visits/<int:pk>/missed/", views.visit_missed, name="visit_missed"),
+    path("visits/<int:pk>/assessment/", views.assessment_record, name="assessment_record"),
+    path("visits/<int:pk>/mri/", views.mri_record, name="mri_record"),
+    path("visits/<int:pk>/mmtt/", views.mmtt_record, name="mmtt_record"),
 ]

@@ -1,7 +1,550 @@
+"""The site coordinators' pages. Thin on purpose (STYLE.md §1-§3):
+
+- every participant or visit is fetched through ``trials.selectors`` (404 outside the user's scope,
+  403 on a write page for a read-only role), for GET and POST alike;
+- forms check shape; every write is one call to a function in ``trials.services``;
+- a refusal from the service (``RuleViolation`` / ``ValidationError``) is attached to the form with
+  ``form.add_error(None, exc)`` and the page is shown again: the service saved nothing;
+- a stale edit (``ConflictError``) is shown as a message with HTTP 409, the user's input kept.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.core.exceptions import NON_FIELD_ERRORS, ObjectDoesNotExist, PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET, require_http_methods
+
+from trials import forms, selectors, services
+from trials.errors import ConflictError
+from trials.models import Indication, Participant, ParticipantStatus, Visit
+
+PAGE_SIZE = 50
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: the one way a view calls a service and shows its refusal
+# ---------------------------------------------------------------------------------------------
+
+
+def _attach_service_error(form, exc: ValidationError) -> None:
+    """Put the service's messages on the form: on the named field, or above the form when the
+    service names a field this form does not have (``add_error`` would raise on those)."""
+    if hasattr(exc, "error_dict"):
+        errors: dict[str, list] = {}
+        for field, field_errors in exc.error_dict.items():
+            key = field if field == NON_FIELD_ERRORS or field in form.fields else NON_FIELD_ERRORS
+            errors.setdefault(key, []).extend(field_errors)
+        exc = ValidationError(errors)
+    form.add_error(None, exc)
+
+
+def _submit(request: HttpRequest, form, service, **kwargs):
+    """Call ``service`` as the requesting user; return its result, or None if it refused."""
+    try:
+        return service(actor=request.user, channel="web", **kwargs)
+    except ConflictError as exc:
+        messages.error(request, " ".join(exc.messages))
+        form.conflict = True
+    except ValidationError as exc:
+        _attach_service_error(form, exc)
+    return None
+
+
+def _render_form(request: HttpRequest, template: str, context: dict) -> HttpResponse:
+    form = context["form"]
+    status = 409 if getattr(form, "conflict", False) else 200
+    return render(request, template, context, status=status)
+
+
+def _participant_url(participant: Participant, anchor: str = "") -> str:
+    url = reverse("trials:participant_detail", args=[participant.pk])
+    return f"{url}#{anchor}" if anchor else url
+
+
+def _one_to_one(instance, name: str):
+    try:
+        return getattr(instance, name)
+    except ObjectDoesNotExist:
+        return None
+
+
+def _form_page(request, participant: Participant, form, *, title: str, submit: str, intro: str = "", **extra):
+    """The generic participant form page (a heading, the form, a Save and a Cancel)."""
+    template = extra.pop("template", "trials/participant_form.html")
+    context = {
+        "study": participant.study,
+        "participant": participant,
+        "form": form,
+        "title": title,
+        "submit_label": submit,
+        "intro": intro,
+        **extra,
+    }
+    return _render_form(request, template, context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Home and the participant list
+# ---------------------------------------------------------------------------------------------
 
 
 @login_required
+@require_GET
 def home(request):
-    return HttpResponse("Tolerance")
+    studies = list(selectors.studies_visible_to(request.user))
+    if len(studies) == 1:
+        return redirect("trials:participant_list", study_code=studies[0].code)
+    return render(request, "trials/home.html", {"studies": studies})
+
+
+@login_required
+@require_GET
+def participant_list(request, study_code: str):
+    study = selectors.study_get(user=request.user, code=study_code)
+    sites = selectors.sites_visible_to(user=request.user, study=study)
+    filter_form = forms.ParticipantFilterForm(request.GET or None, sites=sites, cohorts=study.cohorts.all())
+    filters = filter_form.filters()
+    participants = selectors.participant_list(user=request.user, study=study, filters=filters)
+    page = Paginator(participants, PAGE_SIZE).get_page(request.GET.get("page"))
+    counts = selectors.status_counts(user=request.user, study=study)
+    context = {
+        "study": study,
+        "filter_form": filter_form,
+        "filters": filters,
+        "page": page,
+        "status_counts": [(value, label, counts.get(value, 0)) for value, label in ParticipantStatus.choices],
+        "total": sum(counts.values()),
+        "can_screen": selectors.sites_for_entry(request.user, study).exists(),
+    }
+    # The filter form asks for the table only; a normal request (or a reload) gets the whole page.
+    partial = request.htmx and not request.htmx.history_restore_request
+    template = "trials/partials/participant_table.html" if partial else "trials/participant_list.html"
+    response = render(request, template, context)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def participant_screen(request, study_code: str):
+    study = selectors.study_get(user=request.user, code=study_code)
+    sites = selectors.sites_for_entry(request.user, study)
+    if not sites.exists():
+        raise PermissionDenied("Your role cannot screen participants in this study.")
+    form = forms.ScreenForm(request.POST or None, sites=sites, initial={"screening_date": timezone.localdate()})
+    if request.method == "POST" and form.is_valid():
+        participant = _submit(request, form, services.participant_screen, study=study, **form.cleaned_data)
+        if participant is not None:
+            messages.success(request, f"{participant.subject_code} registered for screening. Record consent next.")
+            return redirect(_participant_url(participant))
+    context = {"study": study, "form": form, "title": "Screen a new participant", "submit_label": "Register"}
+    return _render_form(request, "trials/participant_screen.html", context)
+
+
+# ---------------------------------------------------------------------------------------------
+# The participant page
+# ---------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def participant_detail(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk)
+    today = timezone.localdate()
+    casebook = selectors.participant_casebook(participant=participant, today=today)
+    # Locked casebooks hide the entry buttons; the services refuse such writes in any case.
+    locked = participant.is_locked or participant.study.is_locked
+    context = {
+        "study": participant.study,
+        "participant": participant,
+        "casebook": casebook,
+        "locked": locked,
+        "can_write": not locked and selectors.can_enter_data(request.user, participant),
+        "forms_available": selectors.indication_forms(participant.study.indication),
+        "is_ms": participant.study.indication == Indication.MS,
+        "today": today,
+    }
+    return render(request, "trials/participant_detail.html", context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Consent, eligibility, screen failure, enrolment
+# ---------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def consent_record(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk, write=True)
+    documents = participant.study.consent_documents.order_by("-effective_date")
+    form = forms.ConsentForm(request.POST or None, documents=documents)
+    if request.method == "POST" and form.is_valid():
+        consent = _submit(request, form, services.consent_record, participant=participant, **form.cleaned_data)
+        if consent is not None:
+            messages.success(
+                request, f"Consent to v{consent.document.version} recorded ({consent.consent_date:%Y-%m-%d})."
+            )
+            return redirect(_participant_url(participant, "consents"))
+    return _form_page(request, participant, form, title="Record consent", submit="Record consent")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def eligibility_record(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk, write=True)
+    checklist = selectors.eligibility_checklist(participant=participant)
+    form = forms.EligibilityForm(request.POST or None, checklist=checklist)
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(
+            request,
+            form,
+            services.eligibility_record,
+            participant=participant,
+            answers=form.answers(),
+            reason=form.cleaned_data.get("reason", ""),
+        )
+        if saved is not None:
+            problems = services.eligibility_unmet(participant)
+            if problems:
+                messages.warning(request, "Eligibility saved. Not (yet) eligible: " + "; ".join(problems) + ".")
+            else:
+                messages.success(request, "Eligibility saved: every criterion is met. The participant can be enrolled.")
+            return redirect(_participant_url(participant, "eligibility"))
+    context = {"study": participant.study, "participant": participant, "form": form}
+    return _render_form(request, "trials/eligibility_form.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def screen_failure(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk, write=True)
+    form = forms.ScreenFailForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(
+            request, form, services.participant_screen_fail, participant=participant, reason=form.cleaned_data["reason"]
+        )
+        if saved is not None:
+            messages.success(request, f"{saved.subject_code} recorded as a screen failure.")
+            return redirect(_participant_url(participant))
+    return _form_page(
+        request,
+        participant,
+        form,
+        title="Record screen failure",
+        submit="Record screen failure",
+        intro="The participant leaves the study; this cannot be undone from this page.",
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def participant_enrol(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk, write=True)
+    form = forms.EnrolForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        enrolled = _submit(request, form, services.participant_enrol, participant=participant, **form.cleaned_data)
+        if enrolled is not None:
+            cohort = enrolled.cohort
+            messages.success(request, f"{enrolled.subject_code} enrolled in cohort {cohort.number} ({cohort.label}).")
+            return redirect(_participant_url(participant))
+    return _form_page(
+        request,
+        participant,
+        form,
+        title="Enrol",
+        submit="Enrol",
+        intro="The next open dose cohort with room is assigned automatically.",
+        template="trials/enrol_form.html",
+        problems=services.eligibility_unmet(participant),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Infusion
+# ---------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def infusion_record(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk, write=True)
+    form = forms.InfusionForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        infusion = _submit(request, form, services.infusion_record, participant=participant, **form.service_kwargs())
+        if infusion is not None:
+            deviation = services.dose_deviation_pct(infusion, infusion.cohort)
+            messages.success(
+                request,
+                f"Infusion recorded: {infusion.dose_cells_per_kg:,} cells/kg ({deviation:+}% from the planned dose). "
+                "The visit schedule starts on the infusion day.",
+            )
+            tolerance = participant.study.dose_tolerance_pct
+            if abs(deviation) > tolerance:
+                messages.warning(
+                    request,
+                    f"Dose deviation: {deviation:+}% is outside the ±{tolerance.normalize():f}% tolerance; "
+                    "a protocol deviation was recorded.",
+                )
+            return redirect(_participant_url(participant, "infusion"))
+    return _form_page(
+        request,
+        participant,
+        form,
+        title="Record the infusion",
+        submit="Record infusion",
+        template="trials/infusion_form.html",
+        cohort=participant.cohort,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Visits: record, missed, unscheduled; htmx redraws one row of the timeline in place
+# ---------------------------------------------------------------------------------------------
+
+
+def _visit_row_response(request, visit: Visit) -> HttpResponse:
+    row = selectors.visit_row(visit=visit, today=timezone.localdate())
+    context = {
+        "row": row,
+        "participant": visit.participant,
+        "can_write": selectors.can_enter_data(request.user, visit.participant),
+        "forms_available": selectors.indication_forms(visit.participant.study.indication),
+    }
+    return render(request, "trials/partials/visit_row.html", context)
+
+
+def _visit_form_response(request, visit: Visit, form, *, title: str, submit: str, action: str) -> HttpResponse:
+    participant = visit.participant
+    context = {
+        "study": participant.study,
+        "participant": participant,
+        "visit": visit,
+        "form": form,
+        "title": title,
+        "submit_label": submit,
+        "action": action,
+    }
+    template = "trials/partials/visit_row_form.html" if request.htmx else "trials/visit_form.html"
+    return _render_form(request, template, context)
+
+
+@login_required
+@require_GET
+def visit_row(request, pk: int):
+    visit = selectors.visit_get(user=request.user, pk=pk)
+    return _visit_row_response(request, visit)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def visit_record(request, pk: int):
+    visit = selectors.visit_get(user=request.user, pk=pk, write=True)
+    editing = visit.actual_date is not None or visit.missed
+    # No default date: the coordinator types the date the visit took place, never "today" by accident.
+    initial = {"actual_date": visit.actual_date, "weight_kg": visit.weight_kg, "version": visit.version}
+    form = forms.VisitRecordForm(request.POST or None, editing=editing, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(
+            request,
+            form,
+            services.visit_record,
+            visit=visit,
+            actual_date=form.cleaned_data["actual_date"],
+            weight_kg=form.cleaned_data["weight_kg"],
+            reason=form.cleaned_data.get("reason", ""),
+            expected_version=form.cleaned_data["version"],
+        )
+        if saved is not None:
+            saved.participant = visit.participant
+            if request.htmx:
+                return _visit_row_response(request, saved)
+            messages.success(request, f"{saved.label}: visit on {saved.actual_date:%Y-%m-%d} recorded.")
+            if saved.in_window is False:
+                messages.warning(request, "The visit is outside its window; a protocol deviation was recorded.")
+            return redirect(_participant_url(visit.participant, f"visit-{visit.pk}"))
+    title = f"{'Correct' if editing else 'Record'} {visit.label}"
+    action = reverse("trials:visit_record", args=[visit.pk])
+    return _visit_form_response(request, visit, form, title=title, submit="Save visit", action=action)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def visit_missed(request, pk: int):
+    visit = selectors.visit_get(user=request.user, pk=pk, write=True)
+    form = forms.VisitMissedForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(
+            request, form, services.visit_mark_missed, visit=visit, reason=form.cleaned_data["missed_reason"]
+        )
+        if saved is not None:
+            saved.participant = visit.participant
+            if request.htmx:
+                return _visit_row_response(request, saved)
+            messages.success(request, f"{saved.label} marked as missed.")
+            return redirect(_participant_url(visit.participant, f"visit-{visit.pk}"))
+    action = reverse("trials:visit_missed", args=[visit.pk])
+    return _visit_form_response(
+        request, visit, form, title=f"Mark {visit.label} as missed", submit="Mark missed", action=action
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def visit_add(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk, write=True)
+    form = forms.UnscheduledVisitForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        visit = _submit(
+            request,
+            form,
+            services.visit_add_unscheduled,
+            participant=participant,
+            actual_date=data["actual_date"],
+            reason=data["reason"],
+            safety_follow_up=data["kind"] == Visit.Kind.SAFETY,
+            weight_kg=data["weight_kg"],
+        )
+        if visit is not None:
+            messages.success(request, f"{visit.label} on {visit.actual_date:%Y-%m-%d} added.")
+            return redirect(_participant_url(participant, f"visit-{visit.pk}"))
+    return _form_page(request, participant, form, title="Add an unscheduled or safety visit", submit="Add visit")
+
+
+# ---------------------------------------------------------------------------------------------
+# Disease activity, MRI, MMTT (per visit) and relapse (per participant)
+# ---------------------------------------------------------------------------------------------
+
+
+def _visit_page(
+    request, visit: Visit, form, *, title: str, submit: str, template: str = "trials/visit_form.html", **extra
+):
+    participant = visit.participant
+    context = {
+        "study": participant.study,
+        "participant": participant,
+        "visit": visit,
+        "form": form,
+        "title": title,
+        "submit_label": submit,
+        **extra,
+    }
+    return _render_form(request, template, context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def assessment_record(request, pk: int):
+    visit = selectors.visit_get(user=request.user, pk=pk, write=True)
+    indication = visit.participant.study.indication
+    existing = _one_to_one(visit, "assessment")
+    initial = {}
+    if existing is not None:
+        initial = {name: getattr(existing, name) for name in services.REQUIRED_FIELDS[indication]}
+        initial["version"] = existing.version
+    form = forms.AssessmentForm(
+        request.POST or None, indication=indication, editing=existing is not None, initial=initial
+    )
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(
+            request,
+            form,
+            services.assessment_record,
+            visit=visit,
+            values=form.values(),
+            reason=form.cleaned_data.get("reason", ""),
+            expected_version=form.cleaned_data["version"],
+        )
+        if saved is not None:
+            messages.success(request, f"{visit.label}: disease-activity assessment saved.")
+            return redirect(_participant_url(visit.participant, f"visit-{visit.pk}"))
+    verb = "Correct" if existing else "Record"
+    return _visit_page(
+        request,
+        visit,
+        form,
+        title=f"{verb} disease activity ({Indication(indication).label})",
+        submit="Save assessment",
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def mri_record(request, pk: int):
+    visit = selectors.visit_get(user=request.user, pk=pk, write=True)
+    form = forms.MRIForm(request.POST or None, initial={"scan_date": visit.actual_date})
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(request, form, services.mri_record, visit=visit, **form.cleaned_data)
+        if saved is not None:
+            messages.success(request, f"{visit.label}: MRI read saved.")
+            return redirect(_participant_url(visit.participant, f"visit-{visit.pk}"))
+    return _visit_page(
+        request, visit, form, title="Record the MRI read", submit="Save MRI read", existing=_one_to_one(visit, "mri")
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def mmtt_record(request, pk: int):
+    visit = selectors.visit_get(user=request.user, pk=pk, write=True)
+    form = forms.MMTTForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(
+            request, form, services.mmtt_record, visit=visit, samples=form.samples(), unit=form.cleaned_data["unit"]
+        )
+        if saved is not None:
+            messages.success(request, f"{visit.label}: MMTT with {len(saved)} samples saved.")
+            return redirect(_participant_url(visit.participant, f"visit-{visit.pk}"))
+    return _visit_page(
+        request,
+        visit,
+        form,
+        title="Record the mixed-meal tolerance test",
+        submit="Save MMTT",
+        template="trials/mmtt_form.html",
+        samples=list(visit.mmtt_samples.all()),
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def relapse_record(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk, write=True)
+    form = forms.RelapseForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        relapse = _submit(request, form, services.relapse_record, participant=participant, **form.cleaned_data)
+        if relapse is not None:
+            messages.success(request, f"Relapse with onset {relapse.onset_date:%Y-%m-%d} recorded.")
+            return redirect(_participant_url(participant, "relapses"))
+    return _form_page(request, participant, form, title="Record a relapse", submit="Record relapse")
+
+
+# ---------------------------------------------------------------------------------------------
+# Disposition
+# ---------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def disposition_record(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk, write=True)
+    form = forms.DispositionForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        disposition = _submit(request, form, services.disposition_record, participant=participant, **form.cleaned_data)
+        if disposition is not None:
+            messages.success(request, f"Disposition recorded: {disposition.get_kind_display().lower()}.")
+            return redirect(_participant_url(participant, "disposition"))
+    return _form_page(
+        request,
+        participant,
+        form,
+        title="Record the disposition",
+        submit="Record disposition",
+        intro="Ends the participant's study participation; only safety follow-up can be recorded afterwards.",
+    )

@@ -2,7 +2,7 @@
 
 import datetime as dt
 
-from tests.factories import build_study, enrolled, infused, member
+from tests.factories import admin_change, build_study, enrolled, infused, member
 from trials import services
 from trials.audit import record_history, study_audit_rows
 from trials.models import RandomizationSlot, Role, Visit
@@ -45,8 +45,9 @@ def test_the_study_export_covers_the_casebook_and_only_this_study(study, sites, 
 
 def test_blinded_exports_never_contain_the_allocation(sites):
     study = build_study(code="BLIND-EXPORT", sites=list(sites))
-    study.is_blinded = True
-    study.save()
+    with admin_change("randomized, blinded design"):
+        study.is_blinded = True
+        study.save()
     cohort = study.cohorts.get(number=1)
     RandomizationSlot.objects.create(study=study, cohort=cohort, sequence=1, arm="ARM-ZX81Q")
     coordinator = member("coord_blind", study, Role.COORDINATOR, sites[0])

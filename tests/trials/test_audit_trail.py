@@ -8,6 +8,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.db import IntegrityError, connection
 from pghistory.models import Events
 
 from tests.factories import consented, infused
@@ -111,7 +112,7 @@ def test_a_status_change_carries_the_action_as_its_reason(study, sites, coordina
     updates = _events(participant, "update")
     assert [(e.pgh_diff["status"], e.pgh_context["reason"]) for e in updates] == [
         (["screening", "enrolled"], "enrolment"),
-        (["enrolled", "in_follow_up"], ""),
+        (["enrolled", "in_follow_up"], "infusion recorded"),
         (["in_follow_up", "withdrawn"], "disposition: withdrawn"),
     ]
 
@@ -131,19 +132,33 @@ def test_the_schedule_written_in_bulk_carries_the_infusion_context(study, sites,
 # Transactional: pghistory keeps its context in a transaction-local setting, so inside the usual
 # test transaction the last service call's context would still be set when the update runs.
 @pytest.mark.django_db(transaction=True)
-def test_a_bulk_queryset_update_is_captured_too(study, sites, coordinator_site_a):
+def test_a_bulk_update_without_who_and_why_is_refused_by_the_database(study, sites, coordinator_site_a):
     participant = infused(study, sites[0], coordinator_site_a)
     before = VisitEvent.objects.filter(pgh_label="update").count()
 
-    changed = Visit.objects.filter(participant=participant).update(weight_kg=Decimal("68.0"))
+    with pytest.raises(IntegrityError, match="must name the acting user"):
+        Visit.objects.filter(participant=participant).update(weight_kg=Decimal("68.0"))
 
-    events = VisitEvent.objects.filter(pgh_label="update").order_by("pgh_id")
-    assert changed == 7
-    assert events.count() == before + 7
-    latest = list(events)[-7:]
-    assert {e.pgh_obj_id for e in latest} == set(participant.visits.values_list("pk", flat=True))
-    assert all(e.weight_kg == Decimal("68.0") for e in latest)
-    assert all(e.pgh_context_id is None for e in latest)  # outside any audit context: no actor to name
+    assert VisitEvent.objects.filter(pgh_label="update").count() == before
+    assert not participant.visits.filter(weight_kg=Decimal("68.0")).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_update_without_a_reason_is_refused_by_the_database(study, sites, coordinator_site_a):
+    participant = infused(study, sites[0], coordinator_site_a)
+    with pytest.raises(IntegrityError, match="must give a reason"), audit_context(actor=coordinator_site_a):
+        Participant.objects.filter(pk=participant.pk).update(birth_year=1990)
+    participant.refresh_from_db()
+    assert participant.birth_year == 1985
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_raw_sql_update_outside_the_app_is_refused_by_the_database(study, sites, coordinator_site_a):
+    participant = infused(study, sites[0], coordinator_site_a)
+    with pytest.raises(IntegrityError, match="must name the acting user"), connection.cursor() as cursor:
+        cursor.execute("UPDATE trials_participant SET birth_year = 1990 WHERE id = %s", [participant.pk])
+    participant.refresh_from_db()
+    assert participant.birth_year == 1985
 
 
 def test_a_bulk_update_inside_an_audit_context_names_the_actor(study, sites, coordinator_site_a, data_manager):

@@ -7,7 +7,7 @@ from django.db import connection, transaction
 from django.db.utils import ProgrammingError
 
 from tests.factories import consented
-from trials.audit import audit_verify
+from trials.audit import audit_context, audit_verify
 from trials.models import AuditSeal, Participant
 
 APP_ROLE = "tolerance_app"
@@ -55,10 +55,14 @@ def test_the_app_role_cannot_hard_delete_clinical_records(participant):
     assert Participant.objects.filter(pk=participant.pk).exists()
 
 
-def test_the_app_role_can_do_its_normal_work(participant):
+def test_the_app_role_can_do_its_normal_work(participant, coordinator_site_a):
     """Reading and writing clinical rows, and the audit events and seals they produce, work."""
     seals_before = AuditSeal.objects.count()
-    with transaction.atomic(), connection.cursor() as cursor:
+    with (
+        transaction.atomic(),
+        audit_context(actor=coordinator_site_a, reason="year of birth corrected"),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(f"SET LOCAL ROLE {APP_ROLE}")
         cursor.execute("UPDATE trials_participant SET birth_year = 1986 WHERE id = %s", [participant.pk])
         cursor.execute("SELECT count(*) FROM trials_auditseal")

@@ -6,7 +6,7 @@ import pytest
 from django.core import mail
 from django.core.exceptions import PermissionDenied
 
-from tests.factories import build_study, enrolled, infused, member
+from tests.factories import admin_change, build_study, enrolled, infused, member
 from trials import services
 from trials.errors import LockedError, RuleViolation
 from trials.models import (
@@ -137,8 +137,9 @@ def test_only_an_investigator_of_the_site_can_sign(participant, coordinator_site
 @pytest.fixture
 def blinded_study(sites):
     study = build_study(code="TREG-BLIND", sites=list(sites), capacity=4)  # more places than slots
-    study.is_blinded = True
-    study.save()
+    with admin_change("randomized, blinded design"):
+        study.is_blinded = True
+        study.save()
     for cohort in study.cohorts.all():
         for sequence, arm in enumerate(["ARM-ZX81Q", "PLACEBO-QK2", "ARM-ZX81Q"], start=1):
             RandomizationSlot.objects.create(study=study, cohort=cohort, sequence=sequence, arm=arm)

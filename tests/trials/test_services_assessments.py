@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.factories import consented, infused, screened
+from tests.factories import admin_change, consented, infused, screened
 from tests.trials.conftest import CLINICAL_TODAY
 from trials import services
 from trials.errors import LockedError, RuleViolation
@@ -597,9 +597,11 @@ def test_it_refuses_a_relapse_onset_in_the_future(ms_visit, coordinator_site_a, 
 
 def _lock(lock: str, participant: Participant) -> None:
     if lock == "study":
-        Study.objects.filter(pk=participant.study_id).update(is_locked=True)
+        with admin_change():
+            Study.objects.filter(pk=participant.study_id).update(is_locked=True)
     else:
-        Participant.objects.filter(pk=participant.pk).update(is_locked=True)
+        with admin_change():
+            Participant.objects.filter(pk=participant.pk).update(is_locked=True)
 
 
 @pytest.mark.parametrize("lock", ["study", "participant"])

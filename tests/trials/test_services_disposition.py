@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from tests.factories import eligible, enrolled, infused
+from tests.factories import admin_change, eligible, enrolled, infused
 from tests.trials.conftest import CLINICAL_TODAY
 from trials import services
 from trials.errors import LockedError, RuleViolation
@@ -247,9 +247,11 @@ def test_it_refuses_a_disposition_for_a_participant_in_screening(study, sites, c
 @pytest.mark.parametrize("lock", ["study", "participant"])
 def test_it_refuses_a_disposition_when_locked(participant, coordinator_site_a, row_counts, lock):
     if lock == "study":
-        Study.objects.filter(pk=participant.study_id).update(is_locked=True)
+        with admin_change():
+            Study.objects.filter(pk=participant.study_id).update(is_locked=True)
     else:
-        Participant.objects.filter(pk=participant.pk).update(is_locked=True)
+        with admin_change():
+            Participant.objects.filter(pk=participant.pk).update(is_locked=True)
     before = row_counts()
 
     with pytest.raises(LockedError):

@@ -8,7 +8,7 @@ import threading
 import pytest
 from django.db import connection
 
-from tests.factories import consented, eligible, enrolled, screened
+from tests.factories import admin_change, consented, eligible, enrolled, screened
 from tests.trials.conftest import CLINICAL_TODAY
 from trials import services
 from trials.errors import LockedError, RuleViolation
@@ -59,14 +59,17 @@ def test_it_fills_cohort_1_to_capacity_before_cohort_2(study, sites, coordinator
 
 
 def test_it_skips_a_closed_cohort(study, sites, coordinator_site_a):
-    DoseCohort.objects.filter(study=study, number=1).update(is_open=False)
+    with admin_change():
+        DoseCohort.objects.filter(study=study, number=1).update(is_open=False)
 
     assert enrolled(study, sites[0], coordinator_site_a).cohort.number == 2
 
 
 def test_it_refuses_enrolment_when_every_open_cohort_is_full(study, sites, coordinator_site_a, row_counts):
-    DoseCohort.objects.filter(study=study, number=1).update(capacity=1)
-    DoseCohort.objects.filter(study=study, number__gt=1).update(is_open=False)
+    with admin_change():
+        DoseCohort.objects.filter(study=study, number=1).update(capacity=1)
+    with admin_change():
+        DoseCohort.objects.filter(study=study, number__gt=1).update(is_open=False)
     enrolled(study, sites[0], coordinator_site_a)
     participant = eligible(study, sites[0], coordinator_site_a)
     before = row_counts()
@@ -228,9 +231,11 @@ def test_it_refuses_a_screen_failure_after_enrolment(study, sites, coordinator_s
 
 def _lock(lock: str, participant: Participant) -> None:
     if lock == "study":
-        Study.objects.filter(pk=participant.study_id).update(is_locked=True)
+        with admin_change():
+            Study.objects.filter(pk=participant.study_id).update(is_locked=True)
     else:
-        Participant.objects.filter(pk=participant.pk).update(is_locked=True)
+        with admin_change():
+            Participant.objects.filter(pk=participant.pk).update(is_locked=True)
 
 
 @pytest.mark.parametrize("lock", ["study", "participant"])
@@ -261,7 +266,8 @@ def test_it_refuses_a_screen_failure_when_locked(study, sites, coordinator_site_
 
 @pytest.mark.django_db(transaction=True)
 def test_two_enrolments_at_once_do_not_overfill_a_cohort(study, sites, coordinator_site_a):
-    DoseCohort.objects.filter(study=study).update(capacity=1)
+    with admin_change():
+        DoseCohort.objects.filter(study=study).update(capacity=1)
     participants = [eligible(study, sites[0], coordinator_site_a) for _ in range(2)]
     barrier = threading.Barrier(2)
     errors = []

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.factories import SCHEDULE, eligible, enrolled, infused, infusion_kwargs
+from tests.factories import SCHEDULE, admin_change, eligible, enrolled, infused, infusion_kwargs
 from tests.trials.conftest import FROZEN_NOW
 from trials import services
 from trials.errors import LockedError, RuleViolation
@@ -41,7 +41,8 @@ def _assert_not_infused(participant, status=ParticipantStatus.ENROLLED):
 
 
 def test_it_records_an_infusion_and_computes_the_dose_per_kg(study, sites, coordinator_site_a):
-    DoseCohort.objects.filter(study=study, number=1).update(planned_cells_per_kg=5_000_000)
+    with admin_change():
+        DoseCohort.objects.filter(study=study, number=1).update(planned_cells_per_kg=5_000_000)
     participant = enrolled(study, sites[0], coordinator_site_a)
 
     infusion = _infuse(
@@ -291,7 +292,8 @@ def test_a_dose_within_tolerance_creates_no_deviation(study, sites, coordinator_
 
 
 def test_the_dose_tolerance_is_the_studys(study, sites, coordinator_site_a):
-    Study.objects.filter(pk=study.pk).update(dose_tolerance_pct=Decimal("10"))
+    with admin_change():
+        Study.objects.filter(pk=study.pk).update(dose_tolerance_pct=Decimal("10"))
     participant = enrolled(study, sites[0], coordinator_site_a)
 
     _infuse(participant, coordinator_site_a, start=DAY0, total_viable_cells=Decimal("1150000") * 70)
@@ -300,7 +302,10 @@ def test_the_dose_tolerance_is_the_studys(study, sites, coordinator_site_a):
 
 
 def test_a_cohort_planned_in_total_cells_is_compared_on_total_cells(study, sites, coordinator_site_a):
-    DoseCohort.objects.filter(study=study, number=1).update(planned_cells_per_kg=None, planned_total_cells=100_000_000)
+    with admin_change():
+        DoseCohort.objects.filter(study=study, number=1).update(
+            planned_cells_per_kg=None, planned_total_cells=100_000_000
+        )
     first = enrolled(study, sites[0], coordinator_site_a)
     second = enrolled(study, sites[0], coordinator_site_a)
 
@@ -319,7 +324,8 @@ def test_a_cohort_planned_in_total_cells_is_compared_on_total_cells(study, sites
 @pytest.fixture
 def sentinel(study, sites, coordinator_site_a):
     """Cohorts with a 7-day sentinel interval, and the cohort's first participant infused on 2025-02-03."""
-    DoseCohort.objects.filter(study=study).update(sentinel_interval_days=7)
+    with admin_change():
+        DoseCohort.objects.filter(study=study).update(sentinel_interval_days=7)
     return infused(study, sites[0], coordinator_site_a, start=DAY0)
 
 
@@ -363,7 +369,8 @@ def test_the_sentinel_interval_also_holds_for_the_third_participant(study, sites
 
 
 def test_the_sentinel_interval_does_not_hold_across_cohorts(study, sites, coordinator_site_a, sentinel):
-    DoseCohort.objects.filter(study=study, number=1).update(capacity=1)
+    with admin_change():
+        DoseCohort.objects.filter(study=study, number=1).update(capacity=1)
     participant = enrolled(study, sites[0], coordinator_site_a)
     assert participant.cohort.number == 2
 
@@ -390,7 +397,8 @@ def test_it_refuses_an_infusion_beyond_the_cohorts_plan(study, sites, coordinato
 
 
 def test_it_records_a_planned_second_infusion_without_a_second_schedule(study, sites, coordinator_site_a):
-    DoseCohort.objects.filter(study=study).update(infusions_planned=2)
+    with admin_change():
+        DoseCohort.objects.filter(study=study).update(infusions_planned=2)
     participant = infused(study, sites[0], coordinator_site_a, start=DAY0)
 
     second = _infuse(participant, coordinator_site_a, start=DAY0 + dt.timedelta(days=28))
@@ -404,7 +412,8 @@ def test_it_records_a_planned_second_infusion_without_a_second_schedule(study, s
 
 
 def test_it_refuses_a_second_infusion_that_overlaps_the_first(study, sites, coordinator_site_a, row_counts):
-    DoseCohort.objects.filter(study=study).update(infusions_planned=2)
+    with admin_change():
+        DoseCohort.objects.filter(study=study).update(infusions_planned=2)
     participant = infused(study, sites[0], coordinator_site_a, start=DAY0)
     before = row_counts()
 
@@ -436,9 +445,11 @@ def test_it_refuses_to_infuse_a_withdrawn_participant(study, sites, coordinator_
 def test_it_refuses_an_infusion_when_locked(study, sites, coordinator_site_a, row_counts, lock):
     participant = enrolled(study, sites[0], coordinator_site_a)
     if lock == "study":
-        Study.objects.filter(pk=study.pk).update(is_locked=True)
+        with admin_change():
+            Study.objects.filter(pk=study.pk).update(is_locked=True)
     else:
-        Participant.objects.filter(pk=participant.pk).update(is_locked=True)
+        with admin_change():
+            Participant.objects.filter(pk=participant.pk).update(is_locked=True)
     before = row_counts()
 
     with pytest.raises(LockedError):

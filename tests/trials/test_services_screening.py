@@ -8,7 +8,7 @@ import threading
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from tests.factories import SiteFactory, build_study, consented, enrolled, screened
+from tests.factories import SiteFactory, admin_change, build_study, consented, enrolled, screened
 from tests.trials.conftest import CLINICAL_TODAY
 from trials import services
 from trials.errors import LockedError, RuleViolation
@@ -153,7 +153,8 @@ def test_the_database_refuses_a_second_participant_with_the_same_site_sequence(s
 
 
 def test_it_refuses_screening_in_a_locked_study(study, sites, coordinator_site_a, row_counts):
-    Study.objects.filter(pk=study.pk).update(is_locked=True)
+    with admin_change():
+        Study.objects.filter(pk=study.pk).update(is_locked=True)
     before = row_counts()
 
     with pytest.raises(LockedError, match="is locked"):
@@ -377,9 +378,11 @@ def test_it_refuses_consent_when_locked(study, sites, coordinator_site_a, row_co
 
 def _lock(lock: str, participant: Participant) -> None:
     if lock == "study":
-        Study.objects.filter(pk=participant.study_id).update(is_locked=True)
+        with admin_change():
+            Study.objects.filter(pk=participant.study_id).update(is_locked=True)
     else:
-        Participant.objects.filter(pk=participant.pk).update(is_locked=True)
+        with admin_change():
+            Participant.objects.filter(pk=participant.pk).update(is_locked=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.factories import enrolled, infused
+from tests.factories import admin_change, enrolled, infused
 from tests.trials.conftest import CLINICAL_TODAY
 from trials import services
 from trials.errors import ConflictError, LockedError, RuleViolation
@@ -114,7 +114,8 @@ def test_it_refuses_a_visit_date_in_the_future(coordinator_site_a, participant, 
 
 def test_it_refuses_a_visit_date_before_consent(coordinator_site_a, participant, d28, row_counts):
     # The consent date was corrected (outside the services) to a date after the visit.
-    Consent.objects.filter(participant=participant).update(consent_date=dt.date(2025, 3, 5))
+    with admin_change():
+        Consent.objects.filter(participant=participant).update(consent_date=dt.date(2025, 3, 5))
     before = row_counts()
 
     with pytest.raises(RuleViolation) as exc:
@@ -280,7 +281,8 @@ def test_it_refuses_an_edit_made_on_a_stale_version(coordinator_site_a, d28, row
 def test_it_refuses_a_first_entry_made_on_a_stale_version(coordinator_site_a, d28, row_counts):
     opened = Visit.objects.get(pk=d28.pk)
     services.visit_mark_missed(actor=coordinator_site_a, visit=d28, reason="No show")
-    Visit.objects.filter(pk=d28.pk).update(missed=False, missed_reason="", version=3)  # reverted by another user
+    with admin_change():
+        Visit.objects.filter(pk=d28.pk).update(missed=False, missed_reason="", version=3)  # reverted by another user
     before = row_counts()
 
     with pytest.raises(ConflictError):
@@ -449,9 +451,11 @@ def test_after_withdrawal_a_safety_visit_can_still_be_corrected(coordinator_site
 
 def _lock(lock: str, participant: Participant) -> None:
     if lock == "study":
-        Study.objects.filter(pk=participant.study_id).update(is_locked=True)
+        with admin_change():
+            Study.objects.filter(pk=participant.study_id).update(is_locked=True)
     else:
-        Participant.objects.filter(pk=participant.pk).update(is_locked=True)
+        with admin_change():
+            Participant.objects.filter(pk=participant.pk).update(is_locked=True)
 
 
 @pytest.mark.parametrize("lock", ["study", "participant"])
