@@ -91,13 +91,25 @@ def build_study(
 
 def member(username: str, study: Study, role: str, site: Site | None = None, unblinded: bool = False):
     user = UserFactory(username=username)
-    StudyMembership.objects.create(user=user, study=study, role=role, site=site, unblinded=unblinded)
+    StudyMembership.objects.get_or_create(
+        user=user, study=study, site=site, defaults={"role": role, "unblinded": unblinded}
+    )
     return user
+
+
+def site_actor(study: Study, site: Site, actor):
+    """``actor`` if they may enter data at ``site``; otherwise that site's own coordinator, because
+    only site staff can screen there."""
+    if StudyMembership.objects.filter(
+        user=actor, study=study, role__in=[Role.COORDINATOR, Role.INVESTIGATOR], site__in=[site, None]
+    ).exists():
+        return actor
+    return member(f"coord_{study.code}_{site.code}".lower()[:150], study, Role.COORDINATOR, site)
 
 
 def screened(study: Study, site: Site, actor, *, screening_date: dt.date | None = None) -> Participant:
     return services.participant_screen(
-        actor=actor,
+        actor=site_actor(study, site, actor),
         study=study,
         site=site,
         sex="F",

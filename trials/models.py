@@ -76,11 +76,28 @@ class VersionedModel(models.Model):
 # ---------------------------------------------------------------------------------------------
 
 
+def validate_timezone(value: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from django.core.exceptions import ValidationError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{value!r} is not an IANA time zone (e.g. Europe/London).") from None
+
+
 @audited
 class Site(models.Model):
     code = models.CharField(max_length=8, unique=True, help_text="Short site code, e.g. S01.")
     name = models.CharField(max_length=200)
     country = models.CharField(max_length=2, help_text="ISO 3166-1 alpha-2")
+    timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_timezone],
+        help_text="IANA time zone of the site, e.g. Europe/Warsaw: day 0 is the infusion's local date there.",
+    )
 
     class Meta:
         ordering = ["code"]
@@ -373,6 +390,9 @@ class Infusion(VersionedModel):
     dose_cells_per_kg = models.DecimalField(max_digits=14, decimal_places=0, editable=False)
     start_at = models.DateTimeField()
     end_at = models.DateTimeField()
+    infusion_date = models.DateField(
+        editable=False, help_text="Day 0: the local date of the infusion start at the site."
+    )
     interrupted = models.BooleanField(default=False)
     interruption_reason = models.TextField(blank=True)
     premedication = models.TextField(blank=True)
@@ -391,10 +411,6 @@ class Infusion(VersionedModel):
 
     def __str__(self) -> str:
         return f"{self.participant} infusion {self.number} on {self.start_at:%Y-%m-%d}"
-
-    @property
-    def infusion_date(self) -> dt.date:
-        return self.start_at.astimezone(dt.UTC).date()
 
 
 @audited

@@ -153,6 +153,9 @@ def participant_screen(
         raise LockedError(f"Study {study.code} is locked; no participant can be screened.")
     if not study.sites.filter(pk=site.pk).exists():
         raise RuleViolation({"site": f"Site {site.code} does not take part in {study.code}."})
+    from trials.models import DATA_ENTRY_ROLES
+
+    _require_role(actor, study=study, roles=set(DATA_ENTRY_ROLES), site=site, action=f"screen at site {site.code}")
     _not_future("screening_date", screening_date, "Screening date")
     age = screening_date.year - birth_year
     if not 0 <= age <= 110:
@@ -354,6 +357,13 @@ def dose_deviation_pct(infusion: Infusion, cohort: DoseCohort) -> Decimal:
     return ((Decimal(actual) - Decimal(planned)) / Decimal(planned) * 100).quantize(Decimal("0.1"))
 
 
+def _site_date(participant: Participant, moment: dt.datetime) -> dt.date:
+    """The calendar date of ``moment`` at the participant's site: day 0 is the site's local date."""
+    from zoneinfo import ZoneInfo
+
+    return moment.astimezone(ZoneInfo(participant.site.timezone)).date()
+
+
 def _check_sentinel(participant: Participant, cohort: DoseCohort, start_at: dt.datetime) -> None:
     if not cohort.sentinel_interval_days:
         return
@@ -363,7 +373,7 @@ def _check_sentinel(participant: Participant, cohort: DoseCohort, start_at: dt.d
     if sentinel is None:
         return  # this participant is the sentinel
     earliest = sentinel.infusion_date + dt.timedelta(days=cohort.sentinel_interval_days)
-    if start_at.astimezone(dt.UTC).date() < earliest:
+    if _site_date(participant, start_at) < earliest:
         raise RuleViolation(
             {
                 "start_at": f"Sentinel interval: {sentinel.participant.subject_code} was infused on "
@@ -412,7 +422,9 @@ def infusion_record(
     """Record a dosing event, compute the dose per kg, flag a dose deviation and, for the first
     infusion, set the participant's visit schedule from day 0 = the infusion date."""
     participant = (
-        Participant.objects.select_for_update(of=("self",)).select_related("study", "cohort").get(pk=participant.pk)
+        Participant.objects.select_for_update(of=("self",))
+        .select_related("study", "cohort", "site")
+        .get(pk=participant.pk)
     )
     _ensure_writable(participant)
     if participant.status not in (ParticipantStatus.ENROLLED, ParticipantStatus.IN_FOLLOW_UP):
@@ -437,7 +449,7 @@ def infusion_record(
         raise RuleViolation({"end_at": "The infusion cannot end before it starts."})
     if end_at - start_at > dt.timedelta(hours=24):
         raise RuleViolation({"end_at": "An infusion lasting more than 24 hours is not plausible; check the times."})
-    start_date = start_at.astimezone(dt.UTC).date()
+    start_date = _site_date(participant, start_at)
     _ensure_consented_by(participant, "start_at", start_date, "infusion")
     if participant.enrolment_date and start_date < participant.enrolment_date:
         raise RuleViolation(
@@ -474,6 +486,7 @@ def infusion_record(
         dose_cells_per_kg=dose_per_kg(total_viable_cells, weight_kg),
         start_at=start_at,
         end_at=end_at,
+        infusion_date=start_date,
         interrupted=interrupted,
         interruption_reason=interruption_reason.strip(),
         premedication=premedication.strip(),
@@ -538,7 +551,10 @@ def visit_record(
     protocol deviation. Editing a recorded visit needs a reason and the version it was loaded with."""
     participant = Participant.objects.select_related("study").get(pk=visit.participant_id)
     _ensure_writable(participant)
-    if visit.kind != Visit.Kind.SAFETY:
+    already_recorded = Visit.objects.filter(pk=visit.pk, actual_date__isnull=False).exists()
+    if visit.kind != Visit.Kind.SAFETY and not already_recorded:
+        # A closed casebook takes no new visits, but a visit recorded before the disposition can
+        # still be corrected (with a reason) during data cleaning.
         _ensure_open(participant, "visit")
     _visit_date_rules(participant, "actual_date", actual_date)
     if weight_kg is not None and not 20 <= Decimal(weight_kg) <= 250:
@@ -593,11 +609,18 @@ def visit_mark_missed(*, actor, visit: Visit, reason: str, channel: str = "web")
     _ensure_writable(participant)
     if not reason.strip():
         raise RuleViolation({"missed_reason": "Say why the visit was missed."})
+    _ensure_open(participant, "missed visit")
     current = Visit.objects.select_for_update().get(pk=visit.pk)
     if current.actual_date:
         raise RuleViolation("This visit took place; correct its date instead of marking it missed.")
     if current.kind != Visit.Kind.SCHEDULED:
         raise RuleViolation("Only a scheduled visit can be missed.")
+    if current.missed:
+        raise RuleViolation("This visit is already marked as missed.")
+    if current.window_start and current.window_start > clinical_today():
+        raise RuleViolation(
+            f"The window of {current.label} only opens on {current.window_start:%Y-%m-%d}; it cannot be missed yet."
+        )
     current.missed = True
     current.missed_reason = reason.strip()
     current.version += 1
@@ -730,6 +753,7 @@ def assessment_record(
     clean = _check_assessment_values(participant.study.indication, values)
     existing = DiseaseAssessment.objects.filter(visit=visit).first()
     if existing is not None:
+        clean["assessment_date"] = Visit.objects.get(pk=visit.pk).actual_date  # follows a corrected visit date
         return record_update(
             existing,
             actor=actor,

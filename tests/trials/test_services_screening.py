@@ -6,9 +6,10 @@ import datetime as dt
 import threading
 
 import pytest
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, connection, transaction
 
-from tests.factories import SiteFactory, admin_change, build_study, consented, enrolled, screened
+from tests.factories import SiteFactory, admin_change, build_study, consented, enrolled, member, screened
 from tests.trials.conftest import CLINICAL_TODAY
 from trials import services
 from trials.errors import LockedError, RuleViolation
@@ -18,6 +19,7 @@ from trials.models import (
     EligibilityCriterion,
     Participant,
     ParticipantStatus,
+    Role,
     Study,
 )
 
@@ -37,10 +39,10 @@ def _answers(study, *, inclusion=True, exclusion=False):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_it_gives_each_site_its_own_subject_code_sequence(study, sites, coordinator_site_a):
+def test_it_gives_each_site_its_own_subject_code_sequence(study, sites, coordinator_site_a, coordinator_site_b):
     first_a = _screen(study, sites[0], coordinator_site_a)
     second_a = _screen(study, sites[0], coordinator_site_a)
-    first_b = _screen(study, sites[1], coordinator_site_a)
+    first_b = _screen(study, sites[1], coordinator_site_b)
     third_a = _screen(study, sites[0], coordinator_site_a)
 
     assert [p.subject_code for p in (first_a, second_a, first_b, third_a)] == [
@@ -57,10 +59,21 @@ def test_it_gives_each_site_its_own_subject_code_sequence(study, sites, coordina
 
 def test_it_numbers_the_same_site_independently_in_each_study(study, sites, coordinator_site_a):
     other = build_study(code="TREG-MS-02", sites=list(sites))
+    member("coord_a", other, Role.COORDINATOR, sites[0])
     _screen(study, sites[0], coordinator_site_a)
     _screen(study, sites[0], coordinator_site_a)
 
     assert _screen(other, sites[0], coordinator_site_a).subject_code == "S01-0001"
+
+
+def test_it_refuses_to_screen_at_a_site_where_the_actor_is_not_site_staff(
+    study, sites, coordinator_site_a, monitor, row_counts
+):
+    before = row_counts()
+    for actor, site in ((coordinator_site_a, sites[1]), (monitor, sites[0])):
+        with pytest.raises(PermissionDenied, match="screen at site"):
+            _screen(study, site, actor)
+    assert row_counts() == before
 
 
 def test_it_refuses_a_site_that_does_not_take_part_in_the_study(study, coordinator_site_a, row_counts):
