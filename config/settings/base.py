@@ -174,6 +174,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Casebook, safety and analytics API. Every query is scoped by the caller's role and site.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -192,6 +193,14 @@ CELERY_TASK_SOFT_TIME_LIMIT = 25 * 60
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# Reporting clocks are database rows scanned by beat; the task is idempotent (safety/services.py).
+CELERY_BEAT_SCHEDULE = {
+    "safety-clock-monitor": {
+        "task": "safety.clock_monitor",
+        "schedule": datetime.timedelta(minutes=15),
+        "options": {"expires": 14 * 60},
+    },
+}
 
 # --- Audit (django-pghistory): events carry the real wall-clock time, not the transaction start.
 PGHISTORY_CREATED_AT_FUNCTION = "clock_timestamp()"
