@@ -59,6 +59,16 @@ def expected(policy: Policy, role: str, other_site: bool) -> str | int:
         if not in_scope:
             return 404
         return ALLOWED if role in DATA_ENTRY else 403
+    if policy.kind == "data_manager":
+        if not in_scope:
+            return 404
+        return ALLOWED if role == "data_manager" else 403
+    if policy.kind == "investigator":
+        if not in_scope:
+            return 404
+        return ALLOWED if role == "investigator" else 403
+    if policy.kind == "investigator_blinded_study":  # the matrix study is open-label: nobody may unblind
+        return 404 if not in_scope else 403
     if policy.kind == "study_write":  # screening: the study is visible, entry needs a site role
         if role not in CLINICAL_READERS:
             return 404
@@ -86,6 +96,13 @@ POLICY: dict[str, Policy] = {
     "trials:assessment_record": Policy("write", "visit"),
     "trials:mri_record": Policy("write", "visit"),
     "trials:mmtt_record": Policy("write", "visit"),
+    "trials:visit_void": Policy("write", "visit"),
+    "trials:participant_history": Policy("read", "participant"),
+    "trials:casebook_lock": Policy("data_manager", "participant"),
+    "trials:study_lock": Policy("data_manager", "study"),
+    "trials:study_audit_export": Policy("data_manager", "study"),
+    "trials:casebook_sign": Policy("investigator", "participant"),
+    "trials:participant_unblind": Policy("investigator_blinded_study", "participant"),
     # REST API
     "api-root": Policy("public_authenticated", "none", api=True),
     "api-schema": Policy("public_authenticated", "none", api=True),

@@ -173,3 +173,30 @@ def study_audit_rows(study, *, unblinded: bool):
             continue
         events = event_model.objects.filter(**filters).select_related("pgh_context").order_by("pgh_id")
         yield from history_rows(events.iterator(chunk_size=2000), event_model, label=label)
+
+
+def participant_history_rows(participant, *, unblinded: bool) -> list[dict]:
+    """The audit trail of one casebook: the participant row and every record hanging from it."""
+    from trials.dbroles import event_models
+    from trials.models import Visit
+
+    rows: list[dict] = []
+    visit_ids = list(Visit.objects.filter(participant=participant).values_list("pk", flat=True))
+    for event_model in event_models():
+        tracked = event_model.pgh_tracked_model
+        label = tracked._meta.label_lower
+        if label in BLINDED_MODELS and not unblinded:
+            continue
+        names = {f.name for f in tracked._meta.concrete_fields}
+        if tracked is type(participant):
+            filters = {"pgh_obj_id": participant.pk}
+        elif "participant" in names:
+            filters = {"participant_id": participant.pk}
+        elif "visit" in names:
+            filters = {"visit_id__in": visit_ids}
+        else:
+            continue
+        events = event_model.objects.filter(**filters).select_related("pgh_context").order_by("pgh_id")
+        rows.extend(history_rows(events, event_model, label=tracked._meta.verbose_name))
+    rows.sort(key=lambda row: row["at"])
+    return rows

@@ -342,3 +342,37 @@ class DispositionForm(forms.Form):
     disposition_date = _date("Disposition date")
     reason = _text("Reason", help_text="Required for a withdrawal or loss to follow-up.", rows=3)
     death_date = _date("Date of death", required=False, help_text="Only for a death.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: locks, voiding, e-signatures, emergency unblinding
+# ---------------------------------------------------------------------------------------------
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(label="Reason", required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class SignatureForm(forms.Form):
+    meaning = forms.ChoiceField(label="Meaning of your signature", choices=(), widget=forms.RadioSelect)
+    password = forms.CharField(
+        label="Your password",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        help_text="Re-enter your password: it is your signature (21 CFR 11.200).",
+    )
+
+    def __init__(self, *args, meanings, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["meaning"].choices = meanings
+
+
+class UnblindForm(forms.Form):
+    reason = forms.CharField(label="Medical reason", required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    password = forms.CharField(
+        label="Your password",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )

@@ -290,3 +290,33 @@ def visit_row(*, visit: Visit, today: dt.date) -> TimelineVisit:
         if row.visit.pk == visit.pk:
             return row
     raise Http404("No such visit.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Roles and blinding
+# ---------------------------------------------------------------------------------------------
+
+
+def has_role(user, *, study: Study, roles, site: Site | None = None) -> bool:
+    """Whether ``user`` holds one of ``roles`` in ``study`` (at ``site``, for site-bound roles)."""
+    for m in _memberships(user):
+        if m.study_id != study.pk or m.role not in roles:
+            continue
+        if m.role not in SITE_BOUND_ROLES or site is None or m.site_id == site.pk:
+            return True
+    return False
+
+
+def is_unblinded(user, study: Study) -> bool:
+    return any(m.study_id == study.pk and m.unblinded for m in _memberships(user))
+
+
+def allocation_for(*, user, participant: Participant) -> str | None:
+    """The randomized arm, only for unblinded members of a blinded study; None for everyone else.
+    The one read path to ``RandomizationSlot`` (RELIABILITY.md §3, blinding)."""
+    from trials.models import RandomizationSlot
+
+    if not participant.study.is_blinded or not is_unblinded(user, participant.study):
+        return None
+    slot = RandomizationSlot.objects.filter(participant=participant).only("arm").first()
+    return slot.arm if slot else None

@@ -955,12 +955,13 @@ def _require_role(actor, *, study, roles: set[str], site=None, action: str) -> N
     """Refuse unless ``actor`` holds one of ``roles`` in ``study`` (at ``site`` for site-bound roles)."""
     from django.core.exceptions import PermissionDenied
 
-    from trials.models import SITE_BOUND_ROLES, StudyMembership
+    from trials.selectors import has_role
 
-    for membership in StudyMembership.objects.filter(user=actor, study=study, role__in=roles):
-        if membership.role not in SITE_BOUND_ROLES or site is None or membership.site_id == site.pk:
-            return
-    raise PermissionDenied(f"Your role does not allow you to {action}.")
+    # Fresh memberships: the actor object may carry a cache from earlier in the request.
+    if hasattr(actor, "_tolerance_memberships"):
+        del actor._tolerance_memberships
+    if not has_role(actor, study=study, roles=roles, site=site):
+        raise PermissionDenied(f"Your role does not allow you to {action}.")
 
 
 def _required_reason(reason: str, field: str = "reason") -> str:
@@ -1041,18 +1042,18 @@ def record_void(*, actor, record, reason: str, channel: str = "web"):
     return current
 
 
-def _check_password(actor, password: str, request=None) -> None:
+def _check_password(actor, password: str, http_request=None) -> None:
     """Re-authentication for signatures and unblinding; a failure is audited as an access event."""
     from trials.access_log import record_access
     from trials.models import AccessEvent
 
     if not password or not actor.check_password(password):
         # Callers run this outside their atomic block so the failed attempt is never rolled back.
-        record_access(kind=AccessEvent.Kind.SIGNATURE_FAILED, request=request, user=actor)
+        record_access(kind=AccessEvent.Kind.SIGNATURE_FAILED, request=http_request, user=actor)
         raise RuleViolation({"password": "The password is not correct; nothing was signed."})
 
 
-def record_sign(*, actor, record, password: str, meaning: str, request=None, channel: str = "web"):
+def record_sign(*, actor, record, password: str, meaning: str, http_request=None, channel: str = "web"):
     """An investigator signs a record by re-entering their password and choosing what the signature
     means. The signature holds the record's version: a later change invalidates it."""
     from django.contrib.contenttypes.models import ContentType
@@ -1066,7 +1067,7 @@ def record_sign(*, actor, record, password: str, meaning: str, request=None, cha
     if meaning not in Signature.Meaning.values:
         raise RuleViolation({"meaning": "Choose what your signature means."})
     # The failed attempt must stay recorded, so the password check runs before the atomic block.
-    _check_password(actor, password, request)
+    _check_password(actor, password, http_request)
     with transaction.atomic(durable=True):
         current = type(record).objects.select_for_update().get(pk=record.pk)
         name = actor.get_full_name() or actor.get_username()
@@ -1118,7 +1119,9 @@ def _allocate(participant: Participant, cohort: DoseCohort) -> None:
     slot.save(update_fields=["participant", "allocated_at"])
 
 
-def participant_unblind(*, actor, participant: Participant, password: str, reason: str, request=None) -> str:
+def participant_unblind(
+    *, actor, participant: Participant, password: str, reason: str, http_request=None, channel: str = "web"
+) -> str:
     """Emergency unblinding of one participant by an investigator: re-authenticated, reasoned,
     audited and notified to the medical monitors. Returns the arm."""
     from trials.models import EmergencyUnblinding, RandomizationSlot, Role
@@ -1128,8 +1131,11 @@ def participant_unblind(*, actor, participant: Participant, password: str, reaso
     slot = RandomizationSlot.objects.filter(participant=participant).first()
     if slot is None:
         raise RuleViolation(f"{participant.subject_code} has no randomized allocation.")
-    _check_password(actor, password, request)
-    with transaction.atomic(durable=True), audit_context(actor=actor, reason=f"emergency unblinding: {reason}"):
+    _check_password(actor, password, http_request)
+    with (
+        transaction.atomic(durable=True),
+        audit_context(actor=actor, reason=f"emergency unblinding: {reason}", channel=channel),
+    ):
         unblinding = EmergencyUnblinding.objects.create(participant=participant, user=actor, reason=reason)
         transaction.on_commit(lambda: _notify_unblinding(unblinding.pk))
     return slot.arm

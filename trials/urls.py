@@ -19,6 +19,13 @@ urlpatterns = [
     path("participants/<int:pk>/visits/add/", views.visit_add, name="visit_add"),
     path("participants/<int:pk>/relapse/", views.relapse_record, name="relapse_record"),
     path("participants/<int:pk>/disposition/", views.disposition_record, name="disposition_record"),
+    path("participants/<int:pk>/history/", views.participant_history, name="participant_history"),
+    path("participants/<int:pk>/lock/", views.casebook_lock, name="casebook_lock"),
+    path("participants/<int:pk>/sign/", views.casebook_sign, name="casebook_sign"),
+    path("participants/<int:pk>/unblind/", views.participant_unblind, name="participant_unblind"),
+    path("studies/<slug:study_code>/audit.csv", views.study_audit_export, name="study_audit_export"),
+    path("studies/<slug:study_code>/lock/", views.study_lock, name="study_lock"),
+    path("visits/<int:pk>/void/", views.visit_void, name="visit_void"),
     # One visit
     path("visits/<int:pk>/row/", views.visit_row, name="visit_row"),
     path("visits/<int:pk>/record/", views.visit_record, name="visit_record"),

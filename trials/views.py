@@ -169,8 +169,21 @@ def participant_detail(request, pk: int):
         "forms_available": selectors.indication_forms(participant.study.indication),
         "is_ms": participant.study.indication == Indication.MS,
         "today": today,
+        **_integrity_context(request, participant),
     }
     return render(request, "trials/participant_detail.html", context)
+
+
+def _integrity_context(request, participant: Participant) -> dict:
+    from trials.models import Role
+
+    user, study = request.user, participant.study
+    return {
+        "signature": services.signature_state(participant),
+        "can_lock": selectors.has_role(user, study=study, roles={Role.DATA_MANAGER}),
+        "can_sign": selectors.has_role(user, study=study, roles={Role.INVESTIGATOR}, site=participant.site),
+        "allocation": selectors.allocation_for(user=user, participant=participant),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,4 +560,208 @@ def disposition_record(request, pk: int):
         title="Record the disposition",
         submit="Record disposition",
         intro="Ends the participant's study participation; only safety follow-up can be recorded afterwards.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: audit history, audit export, locks, voiding, e-signatures, emergency unblinding
+# ---------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def participant_history(request, pk: int):
+    """Every change of the casebook: field, old -> new, who, when (UTC), why."""
+    from trials.audit import participant_history_rows
+
+    participant = selectors.participant_get(user=request.user, pk=pk)
+    rows = participant_history_rows(participant, unblinded=selectors.is_unblinded(request.user, participant.study))
+    context = {"study": participant.study, "participant": participant, "rows": rows, "title": "Audit trail"}
+    return render(request, "trials/participant_history.html", context)
+
+
+@login_required
+@require_GET
+def study_audit_export(request, study_code: str):
+    """The whole audit trail of a study as CSV, for data managers (blinding applies)."""
+    import csv
+
+    from django.http import StreamingHttpResponse
+
+    from trials.audit import study_audit_rows
+    from trials.models import Role
+
+    study = selectors.study_get(user=request.user, code=study_code)
+    if not selectors.has_role(request.user, study=study, roles={Role.DATA_MANAGER}):
+        raise PermissionDenied("Only data managers export the audit trail.")
+    columns = ["at", "model", "object_id", "action", "field", "old", "new", "user", "user_id", "reason", "channel"]
+
+    class Echo:
+        def write(self, value):
+            return value
+
+    writer = csv.writer(Echo())
+
+    def lines():
+        yield writer.writerow(columns)
+        for row in study_audit_rows(study, unblinded=selectors.is_unblinded(request.user, study)):
+            yield writer.writerow([row["at"].isoformat(), *[row[c] for c in columns[1:]]])
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{study.code}-audit-trail.csv"'
+    return response
+
+
+def _require(request, allowed: bool, message: str) -> None:
+    if not allowed:
+        raise PermissionDenied(message)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def casebook_lock(request, pk: int):
+    from trials.models import Role
+
+    participant = selectors.participant_get(user=request.user, pk=pk)
+    _require(
+        request,
+        selectors.has_role(request.user, study=participant.study, roles={Role.DATA_MANAGER}),
+        "Only data managers lock casebooks.",
+    )
+    locking = not participant.is_locked
+    form = forms.ReasonForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(
+            request,
+            form,
+            services.casebook_set_locked,
+            participant=participant,
+            locked=locking,
+            reason=form.cleaned_data["reason"],
+        )
+        if saved is not None:
+            messages.success(request, f"Casebook {'locked' if locking else 'unlocked'}.")
+            return redirect(_participant_url(participant))
+    return _form_page(
+        request,
+        participant,
+        form,
+        title="Lock casebook" if locking else "Unlock casebook",
+        submit="Lock" if locking else "Unlock",
+        intro="A locked casebook refuses every change, from the pages, the API and the admin.",
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def study_lock(request, study_code: str):
+    from trials.models import Role
+
+    study = selectors.study_get(user=request.user, code=study_code)
+    _require(
+        request, selectors.has_role(request.user, study=study, roles={Role.DATA_MANAGER}), "Only data managers lock."
+    )
+    locking = not study.is_locked
+    form = forms.ReasonForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(
+            request, form, services.study_set_locked, study=study, locked=locking, reason=form.cleaned_data["reason"]
+        )
+        if saved is not None:
+            messages.success(request, f"Study {study.code} {'locked' if locking else 'unlocked'}.")
+            return redirect("trials:participant_list", study_code=study.code)
+    context = {
+        "study": study,
+        "form": form,
+        "title": f"{'Lock' if locking else 'Unlock'} study {study.code}",
+        "submit_label": "Lock study" if locking else "Unlock study",
+        "intro": "Database lock before an interim analysis: every casebook of the study refuses changes.",
+    }
+    return _render_form(request, "trials/study_form.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def visit_void(request, pk: int):
+    visit = selectors.visit_get(user=request.user, pk=pk, write=True)
+    form = forms.ReasonForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(request, form, services.record_void, record=visit, reason=form.cleaned_data["reason"])
+        if saved is not None:
+            messages.success(request, f"{visit.label} voided; it stays in the audit trail.")
+            return redirect(_participant_url(visit.participant, "visits"))
+    return _form_page(
+        request,
+        visit.participant,
+        form,
+        title=f"Void {visit.label}",
+        submit="Void",
+        intro="Voiding keeps the record and its history but removes it from analyses and exports.",
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def casebook_sign(request, pk: int):
+    from trials.models import Role, Signature
+
+    participant = selectors.participant_get(user=request.user, pk=pk)
+    _require(
+        request,
+        selectors.has_role(request.user, study=participant.study, roles={Role.INVESTIGATOR}, site=participant.site),
+        "Only the site's investigators sign casebooks.",
+    )
+    form = forms.SignatureForm(request.POST or None, meanings=Signature.Meaning.choices)
+    if request.method == "POST" and form.is_valid():
+        saved = _submit(
+            request,
+            form,
+            services.record_sign,
+            record=participant,
+            password=form.cleaned_data["password"],
+            meaning=form.cleaned_data["meaning"],
+            http_request=request,
+        )
+        if saved is not None:
+            messages.success(request, f"Signed: {saved}.")
+            return redirect(_participant_url(participant, "integrity"))
+    return _form_page(request, participant, form, title="Sign casebook", submit="Sign")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def participant_unblind(request, pk: int):
+    from trials.models import Role
+
+    participant = selectors.participant_get(user=request.user, pk=pk)
+    _require(
+        request,
+        participant.study.is_blinded
+        and selectors.has_role(request.user, study=participant.study, roles={Role.INVESTIGATOR}, site=participant.site),
+        "Only the site's investigators can unblind, and only in a blinded study.",
+    )
+    form = forms.UnblindForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        arm = _submit(
+            request,
+            form,
+            services.participant_unblind,
+            participant=participant,
+            password=form.cleaned_data["password"],
+            reason=form.cleaned_data["reason"],
+            http_request=request,
+        )
+        if arm is not None:
+            # Rendered, never redirected: a message would carry the arm through the session.
+            context = {"study": participant.study, "participant": participant, "arm": arm, "title": "Unblinded"}
+            response = render(request, "trials/unblinded.html", context)
+            response["Cache-Control"] = "no-store"
+            return response
+    return _form_page(
+        request,
+        participant,
+        form,
+        title="Emergency unblinding",
+        submit="Unblind this participant",
+        intro="Reveals this participant's arm to you only. The medical monitors are notified and it is audited.",
     )
