@@ -1,0 +1,648 @@
+"""Django admin: where a data manager builds a study (DESIGN.md §1), and a read-only window on the casebook.
+
+Three rules shape everything here:
+
+- Nothing is ever hard-deleted from the admin. Study-build rows are referenced (``PROTECT``) by
+  clinical data, casebook rows are audited records, user accounts are the actors named in the audit
+  trail. ``has_delete_permission`` is False on every admin (the only exceptions revoke access rather
+  than remove data: an API token, an axes lockout) and the ``delete_selected`` action is off
+  site-wide. A criterion is retired with ``is_active``, a cohort closed with ``is_open``, a user with
+  ``is_active``.
+- Clinical data are entered through the coordinators' forms, which call ``trials.services``; the
+  admin never writes a casebook row, so those models are view-only.
+- Every edit carries who and why: a change form asks for a reason for change, which goes into the
+  audit context with the user (the database refuses an UPDATE of an audited row without both).
+- Once clinical data point at a study-build row, the fields that give those data their meaning
+  (a criterion's text, a cohort's planned dose, a visit's protocol day, a consent version's date, a
+  study's indication) become read-only. A change of protocol is a new row, not an edit of history.
+"""
+
+from __future__ import annotations
+
+from axes.admin import AccessFailureLogAdmin, AccessLogAdmin
+from axes.models import AccessFailureLog, AccessLog
+from django import forms
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
+from django.db.models import Count, Exists, OuterRef
+
+from trials.audit import audit_context
+from trials.models import (
+    SITE_BOUND_ROLES,
+    Consent,
+    ConsentDocument,
+    DiseaseAssessment,
+    Disposition,
+    DoseCohort,
+    EligibilityAnswer,
+    EligibilityCriterion,
+    FormCode,
+    Infusion,
+    MMTTSample,
+    MRIRead,
+    Participant,
+    ProtocolDeviation,
+    Relapse,
+    Site,
+    Study,
+    StudyMembership,
+    Visit,
+    VisitDefinition,
+)
+
+User = get_user_model()
+
+admin.site.site_header = "Tolerance administration"
+admin.site.site_title = "Tolerance"
+admin.site.index_title = "Study build and casebook (read-only)"
+# Bulk deletion is never offered, whatever a ModelAdmin says.
+admin.site.disable_action("delete_selected")
+
+
+class NoDeleteMixin:
+    """Refuses deletion: the delete view answers 403 and no delete link or inline checkbox shows."""
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+REASON_FIELD = "change_reason"
+
+
+class ChangeReasonForm(forms.ModelForm):
+    """Adds the reason for change, required when editing a saved row (inline rows share it)."""
+
+    change_reason = forms.CharField(
+        label="Reason for change",
+        required=False,
+        max_length=500,
+        widget=forms.TextInput(attrs={"size": 80}),
+        help_text="Required to save an edit; kept in the audit trail with your name and the time.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields[REASON_FIELD].required = True
+
+    def clean_change_reason(self) -> str:
+        return self.cleaned_data[REASON_FIELD].strip()
+
+
+class AuditedAdminMixin(NoDeleteMixin):
+    """Saves from the admin run inside an audit context naming the user, the reason and the channel."""
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if request.method != "POST":
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        # An invalid form saves nothing, so an empty reason here never reaches the database.
+        reason = request.POST.get(REASON_FIELD, "").strip() if object_id else "added in the admin"
+        with audit_context(actor=request.user, reason=reason, channel="admin"):
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def get_fields(self, request, obj=None):
+        fields = [f for f in super().get_fields(request, obj) if f != REASON_FIELD]
+        return [*fields, REASON_FIELD] if obj is not None else fields
+
+    def get_fieldsets(self, request, obj=None):
+        if not self.fieldsets:
+            return super().get_fieldsets(request, obj)
+        extra = [("Reason for change", {"fields": (REASON_FIELD,)})] if obj is not None else []
+        return [*self.fieldsets, *extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# Forms that freeze the fields clinical data depend on
+# ---------------------------------------------------------------------------------------------
+
+
+class InUseLockForm(forms.ModelForm):
+    """A form whose ``locked_when_used`` fields are disabled once clinical data refer to the row.
+
+    A disabled field ignores whatever is posted and keeps the saved value, so the lock holds even
+    against a hand-crafted POST. Admins annotate ``_in_use`` on their querysets so a page of inline
+    rows costs one query, not one per row.
+    """
+
+    locked_when_used: tuple[str, ...] = ()
+    locked_help = "Read-only: clinical data already refer to this {what}."
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and self._in_use():
+            what = self._meta.model._meta.verbose_name
+            for name in self.locked_when_used:
+                if name in self.fields:
+                    self.fields[name].disabled = True
+                    self.fields[name].help_text = self.locked_help.format(what=what)
+
+    def _in_use(self) -> bool:
+        annotated = getattr(self.instance, "_in_use", None)
+        return annotated if annotated is not None else self.in_use_query(self.instance)
+
+    @staticmethod
+    def in_use_query(instance) -> bool:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+
+class StudyForm(InUseLockForm):
+    locked_when_used = ("code", "indication", "is_blinded")
+
+    class Meta:
+        model = Study
+        fields = [
+            "code",
+            "title",
+            "indication",
+            "phase",
+            "product_name",
+            "is_blinded",
+            "follow_up_days",
+            "dlt_window_days",
+            "dose_tolerance_pct",
+            "sites",
+        ]
+
+    @staticmethod
+    def in_use_query(instance) -> bool:
+        return instance.participants.exists()
+
+    def clean_sites(self):
+        sites = self.cleaned_data["sites"]
+        if self.instance.pk:
+            removed = set(self.instance.sites.values_list("pk", flat=True)) - {s.pk for s in sites}
+            in_use = (
+                Site.objects.filter(pk__in=removed, participants__study=self.instance)
+                .distinct()
+                .values_list("code", flat=True)
+            )
+            if in_use:
+                raise forms.ValidationError(
+                    f"Site(s) {', '.join(sorted(in_use))} already have participants in this study and cannot be removed."
+                )
+        return sites
+
+
+class DoseCohortForm(InUseLockForm):
+    locked_when_used = ("number", "planned_cells_per_kg", "planned_total_cells", "route", "infusions_planned")
+
+    class Meta:
+        model = DoseCohort
+        fields = [
+            "study",
+            "number",
+            "label",
+            "planned_cells_per_kg",
+            "planned_total_cells",
+            "route",
+            "infusions_planned",
+            "sentinel_interval_days",
+            "capacity",
+            "is_open",
+        ]
+
+    @staticmethod
+    def in_use_query(instance) -> bool:
+        return instance.participants.exists()
+
+
+class VisitDefinitionForm(InUseLockForm):
+    # Windows stay editable: services copy them onto each visit when the schedule is set, so an
+    # amended window applies to participants infused afterwards and leaves earlier visits as planned.
+    locked_when_used = ("code", "target_day")
+
+    forms_due = forms.MultipleChoiceField(choices=FormCode.choices, widget=forms.CheckboxSelectMultiple, required=False)
+
+    class Meta:
+        model = VisitDefinition
+        fields = ["study", "code", "name", "target_day", "window_before", "window_after", "forms_due"]
+
+    @staticmethod
+    def in_use_query(instance) -> bool:
+        return Visit.objects.filter(definition=instance).exists()
+
+
+class EligibilityCriterionForm(InUseLockForm):
+    locked_when_used = ("kind", "number", "text")
+    locked_help = "Read-only: participants answered this {what}. Retire it (untick 'active') and add a new one."
+
+    class Meta:
+        model = EligibilityCriterion
+        fields = ["study", "kind", "number", "text", "is_active"]
+        widgets = {"text": forms.Textarea(attrs={"rows": 2, "cols": 60})}
+
+    @staticmethod
+    def in_use_query(instance) -> bool:
+        return instance.answers.exists()
+
+
+class ConsentDocumentForm(InUseLockForm):
+    locked_when_used = ("version", "effective_date")
+
+    class Meta:
+        model = ConsentDocument
+        fields = ["study", "version", "effective_date", "title"]
+
+    @staticmethod
+    def in_use_query(instance) -> bool:
+        return instance.consents.exists()
+
+
+class StudyMembershipForm(forms.ModelForm):
+    class Meta:
+        model = StudyMembership
+        fields = ["user", "study", "site", "role", "unblinded"]
+
+    def clean(self):
+        cleaned = super().clean()
+        study, site, role = cleaned.get("study"), cleaned.get("site"), cleaned.get("role")
+        if role in SITE_BOUND_ROLES and site is None:
+            self.add_error("site", "This role works at one site: choose the site.")
+        if study is not None and site is not None and not study.sites.filter(pk=site.pk).exists():
+            self.add_error("site", f"Site {site.code} does not take part in {study.code}.")
+        return cleaned
+
+
+class StudyAdminForm(ChangeReasonForm, StudyForm):
+    pass
+
+
+class DoseCohortAdminForm(ChangeReasonForm, DoseCohortForm):
+    pass
+
+
+class VisitDefinitionAdminForm(ChangeReasonForm, VisitDefinitionForm):
+    pass
+
+
+class EligibilityCriterionAdminForm(ChangeReasonForm, EligibilityCriterionForm):
+    pass
+
+
+class ConsentDocumentAdminForm(ChangeReasonForm, ConsentDocumentForm):
+    pass
+
+
+class SiteAdminForm(ChangeReasonForm):
+    class Meta:
+        model = Site
+        fields = ["code", "name", "country", "timezone"]
+
+
+def _annotate_in_use(queryset, related_model, field: str):
+    return queryset.annotate(_in_use=Exists(related_model.objects.filter(**{field: OuterRef("pk")})))
+
+
+# ---------------------------------------------------------------------------------------------
+# Study build
+# ---------------------------------------------------------------------------------------------
+
+
+class StudyBuildInline(NoDeleteMixin, admin.TabularInline):
+    extra = 0
+    show_change_link = True
+    in_use_model = None
+    in_use_field = ""
+
+    def get_queryset(self, request):
+        return _annotate_in_use(super().get_queryset(request), self.in_use_model, self.in_use_field)
+
+
+class DoseCohortInline(StudyBuildInline):
+    model = DoseCohort
+    form = DoseCohortForm
+    fields = (
+        "number",
+        "label",
+        "planned_cells_per_kg",
+        "planned_total_cells",
+        "route",
+        "infusions_planned",
+        "sentinel_interval_days",
+        "capacity",
+        "is_open",
+    )
+    in_use_model, in_use_field = Participant, "cohort"
+
+
+class VisitDefinitionInline(StudyBuildInline):
+    model = VisitDefinition
+    form = VisitDefinitionForm
+    fields = ("code", "name", "target_day", "window_before", "window_after", "forms_due")
+    in_use_model, in_use_field = Visit, "definition"
+
+
+class EligibilityCriterionInline(StudyBuildInline):
+    model = EligibilityCriterion
+    form = EligibilityCriterionForm
+    fields = ("kind", "number", "text", "is_active")
+    in_use_model, in_use_field = EligibilityAnswer, "criterion"
+
+
+class ConsentDocumentInline(StudyBuildInline):
+    model = ConsentDocument
+    form = ConsentDocumentForm
+    fields = ("version", "effective_date", "title")
+    in_use_model, in_use_field = Consent, "document"
+
+
+@admin.register(Site)
+class SiteAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = SiteAdminForm
+    list_display = ("code", "name", "country", "timezone")
+    list_filter = ("country", "studies")
+    search_fields = ("code", "name")
+
+
+@admin.register(Study)
+class StudyAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = StudyAdminForm
+    list_display = ("code", "title", "indication", "phase", "is_blinded", "participant_count", "is_locked")
+    list_filter = ("indication", "phase", "is_blinded", "is_locked", "sites")
+    search_fields = ("code", "title", "product_name")
+    filter_horizontal = ("sites",)
+    readonly_fields = ("is_locked",)
+    fieldsets = (
+        (None, {"fields": ("code", "title", "indication", "phase", "product_name", "is_blinded", "is_locked")}),
+        ("Safety and follow-up", {"fields": ("follow_up_days", "dlt_window_days", "dose_tolerance_pct")}),
+        ("Sites", {"fields": ("sites",)}),
+    )
+    inlines = (DoseCohortInline, VisitDefinitionInline, EligibilityCriterionInline, ConsentDocumentInline)
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request).annotate(_participant_count=Count("participants"))
+        return _annotate_in_use(qs, Participant, "study")
+
+    @admin.display(description="participants", ordering="_participant_count")
+    def participant_count(self, obj) -> int:
+        return obj._participant_count
+
+
+@admin.register(DoseCohort)
+class DoseCohortAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = DoseCohortAdminForm
+    list_display = (
+        "__str__",
+        "study",
+        "number",
+        "planned_cells_per_kg",
+        "planned_total_cells",
+        "route",
+        "sentinel_interval_days",
+        "capacity",
+        "is_open",
+    )
+    list_filter = ("study", "study__indication", "route", "is_open")
+    list_select_related = ("study",)
+    search_fields = ("label", "study__code", "study__title")
+
+    def get_queryset(self, request):
+        return _annotate_in_use(super().get_queryset(request), Participant, "cohort")
+
+
+@admin.register(VisitDefinition)
+class VisitDefinitionAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = VisitDefinitionAdminForm
+    list_display = ("name", "study", "code", "target_day", "window_before", "window_after", "forms_due")
+    list_filter = ("study", "study__indication")
+    list_select_related = ("study",)
+    search_fields = ("code", "name", "study__code")
+
+    def get_queryset(self, request):
+        return _annotate_in_use(super().get_queryset(request), Visit, "definition")
+
+
+@admin.register(EligibilityCriterion)
+class EligibilityCriterionAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = EligibilityCriterionAdminForm
+    list_display = ("__str__", "study", "kind", "number", "is_active")
+    list_filter = ("study", "study__indication", "kind", "is_active")
+    list_select_related = ("study",)
+    search_fields = ("text", "study__code")
+
+    def get_queryset(self, request):
+        return _annotate_in_use(super().get_queryset(request), EligibilityAnswer, "criterion")
+
+
+@admin.register(ConsentDocument)
+class ConsentDocumentAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = ConsentDocumentAdminForm
+    list_display = ("__str__", "study", "version", "effective_date", "title")
+    list_filter = ("study", "study__indication")
+    list_select_related = ("study",)
+    search_fields = ("version", "title", "study__code")
+    date_hierarchy = "effective_date"
+
+    def get_queryset(self, request):
+        return _annotate_in_use(super().get_queryset(request), Consent, "document")
+
+
+@admin.register(StudyMembership)
+class StudyMembershipAdmin(NoDeleteMixin, admin.ModelAdmin):
+    form = StudyMembershipForm
+    list_display = ("user", "study", "site", "role", "unblinded")
+    list_filter = ("study", "site", "role", "unblinded")
+    list_select_related = ("user", "study", "site")
+    search_fields = (
+        "user__username",
+        "user__first_name",
+        "user__last_name",
+        "user__email",
+        "study__code",
+        "site__code",
+    )
+    autocomplete_fields = ("user",)
+
+
+# Other apps' admins. User accounts are the actors named in the audit trail (deactivate, never
+# delete) and django-axes' logs are access history. Two deletions stay possible because they are
+# how access is taken away or given back, not data: revoking an API token (DRF) and clearing a
+# lockout (axes AccessAttempt).
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class UserAdmin(NoDeleteMixin, DjangoUserAdmin):
+    pass
+
+
+@admin.register(Group)
+class GroupAdmin(NoDeleteMixin, DjangoGroupAdmin):
+    pass
+
+
+for _model, _model_admin in ((AccessLog, AccessLogAdmin), (AccessFailureLog, AccessFailureLogAdmin)):
+    if admin.site.is_registered(_model):  # AXES_ENABLE_ADMIN may be off
+        admin.site.unregister(_model)
+        admin.site.register(_model, type(_model_admin.__name__, (NoDeleteMixin, _model_admin), {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# The casebook, read-only
+# ---------------------------------------------------------------------------------------------
+
+
+class VoidedFilter(admin.SimpleListFilter):
+    title = "voided"
+    parameter_name = "voided"
+
+    def lookups(self, request, model_admin):
+        return (("no", "Current records"), ("yes", "Voided records"))
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(voided_at__isnull=self.value() == "no")
+        return queryset
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """View-only: clinical data are written by ``trials.services`` (coordinator forms, API, tasks).
+
+    The bookkeeping fields (version, voiding) are not editable on the model, so they are listed
+    here to be shown: a voided record stays visible to data managers and auditors.
+    """
+
+    bookkeeping_fields = ("version", "created_at", "updated_at", "voided_at", "voided_by", "void_reason")
+
+    def get_readonly_fields(self, request, obj=None):
+        own = [f.name for f in self.model._meta.concrete_fields]
+        return [*super().get_readonly_fields(request, obj), *(f for f in self.bookkeeping_fields if f in own)]
+
+    def get_list_filter(self, request):
+        filters = list(super().get_list_filter(request))
+        if any(f.name == "voided_at" for f in self.model._meta.concrete_fields):
+            filters.append(VoidedFilter)
+        return filters
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class ConsentReadOnlyInline(ReadOnlyInline):
+    model = Consent
+    fields = ("document", "consent_date")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("document")
+
+
+class VisitReadOnlyInline(ReadOnlyInline):
+    model = Visit
+    fields = ("definition", "kind", "planned_date", "window_start", "window_end", "actual_date", "missed")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("definition")
+
+
+@admin.register(Participant)
+class ParticipantAdmin(ReadOnlyAdmin):
+    list_display = ("subject_code", "study", "site", "status", "screening_date", "enrolment_date", "is_locked")
+    list_filter = ("study", "study__indication", "site", "status", "is_locked")
+    list_select_related = ("study", "site")
+    search_fields = ("subject_code",)
+    date_hierarchy = "screening_date"
+    inlines = (ConsentReadOnlyInline, VisitReadOnlyInline)
+
+
+@admin.register(Consent)
+class ConsentAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "document", "consent_date")
+    list_filter = ("participant__study", "participant__site")
+    list_select_related = ("participant", "document")
+    search_fields = ("participant__subject_code",)
+
+
+@admin.register(EligibilityAnswer)
+class EligibilityAnswerAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "criterion", "answer")
+    list_filter = ("participant__study", "participant__site", "criterion__kind")
+    list_select_related = ("participant", "criterion")
+    search_fields = ("participant__subject_code", "criterion__text")
+
+
+@admin.register(Infusion)
+class InfusionAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "number", "cohort", "infusion_date", "dose_cells_per_kg", "total_viable_cells")
+    list_filter = ("participant__study", "participant__site", "interrupted")
+    list_select_related = ("participant", "cohort__study")
+    search_fields = ("participant__subject_code", "manufacturing_lot")
+
+
+@admin.register(Visit)
+class VisitAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "label", "kind", "planned_date", "actual_date", "missed")
+    list_filter = ("participant__study", "participant__site", "kind", "missed")
+    list_select_related = ("participant", "definition")
+    search_fields = ("participant__subject_code", "definition__name")
+
+
+@admin.register(DiseaseAssessment)
+class DiseaseAssessmentAdmin(ReadOnlyAdmin):
+    list_display = ("visit", "assessment_date")
+    list_filter = ("visit__participant__study", "visit__participant__site")
+    list_select_related = ("visit__participant", "visit__definition")
+    search_fields = ("visit__participant__subject_code",)
+
+
+@admin.register(MRIRead)
+class MRIReadAdmin(ReadOnlyAdmin):
+    list_display = ("visit", "scan_date", "new_or_enlarging_t2", "gd_enhancing", "reader")
+    list_filter = ("visit__participant__study", "visit__participant__site")
+    list_select_related = ("visit__participant", "visit__definition")
+    search_fields = ("visit__participant__subject_code", "reader")
+
+
+@admin.register(MMTTSample)
+class MMTTSampleAdmin(ReadOnlyAdmin):
+    list_display = ("visit", "minute", "c_peptide", "unit")
+    list_filter = ("visit__participant__study", "visit__participant__site", "unit")
+    list_select_related = ("visit__participant", "visit__definition")
+    search_fields = ("visit__participant__subject_code",)
+
+
+@admin.register(Relapse)
+class RelapseAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "onset_date", "steroid_treated", "confirmed_by_examination")
+    list_filter = ("participant__study", "participant__site", "steroid_treated", "confirmed_by_examination")
+    list_select_related = ("participant",)
+    search_fields = ("participant__subject_code",)
+
+
+@admin.register(ProtocolDeviation)
+class ProtocolDeviationAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "category", "detected_on", "system_detected")
+    list_filter = ("participant__study", "participant__site", "category", "system_detected")
+    list_select_related = ("participant",)
+    search_fields = ("participant__subject_code", "description")
+
+
+@admin.register(Disposition)
+class DispositionAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "kind", "disposition_date", "death_date")
+    list_filter = ("participant__study", "participant__site", "kind")
+    list_select_related = ("participant",)
+    search_fields = ("participant__subject_code", "reason")
