@@ -100,7 +100,10 @@ def _first_infusion(participant: Participant) -> Infusion | None:
 
 
 def _save(instance: Model) -> None:
-    instance.full_clean()
+    """Validate the fields, then save. Uniqueness and check constraints are not re-queried here:
+    the services test each rule with its own message first, and PostgreSQL enforces the
+    constraints in the same statement (re-checking them costs one query per constraint)."""
+    instance.full_clean(validate_unique=False, validate_constraints=False)
     instance.save()
 
 
@@ -124,7 +127,7 @@ def record_update(
     for field, value in changes.items():
         setattr(current, field, value)
     current.version += 1
-    current.full_clean()
+    current.full_clean(validate_unique=False, validate_constraints=False)
     with audit_context(actor=actor, reason=reason.strip(), channel=channel):
         current.save()
     return current
