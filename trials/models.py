@@ -247,14 +247,18 @@ class ConsentDocument(models.Model):
         return f"v{self.version} ({self.effective_date:%Y-%m-%d})"
 
 
+@audited
 class StudyMembership(models.Model):
-    """A user's role in a study, at one site or (site empty) at all sites (RELIABILITY.md §3)."""
+    """A user's role in a study, at one site or (site empty) at all sites (RELIABILITY.md §3).
+    Audited (role changes are access-control events, ICH E6(R3) §4.2.2) and never deleted: a role
+    is withdrawn by clearing ``is_active``."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="memberships")
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="memberships")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, null=True, blank=True)
     role = models.CharField(max_length=20, choices=Role.choices)
     unblinded = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True, help_text="Clear to withdraw this role; it is never deleted.")
 
     class Meta:
         constraints = [

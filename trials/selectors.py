@@ -41,7 +41,7 @@ def _memberships(user) -> list[StudyMembership]:
         return []
     cache = getattr(user, "_tolerance_memberships", None)
     if cache is None:
-        cache = list(StudyMembership.objects.filter(user=user).select_related("study", "site"))
+        cache = list(StudyMembership.objects.filter(user=user, is_active=True).select_related("study", "site"))
         user._tolerance_memberships = cache
     return cache
 

@@ -210,6 +210,18 @@ def consent_record(
             raise RuleViolation(
                 {"consent_date": f"Re-consent cannot predate the previous consent ({latest.consent_date:%Y-%m-%d})."}
             )
+    in_force = (
+        ConsentDocument.objects.filter(study_id=participant.study_id, effective_date__lte=consent_date)
+        .order_by("-effective_date")
+        .first()
+    )
+    if in_force is not None and in_force.pk != document.pk:
+        raise RuleViolation(
+            {
+                "document": f"Version {in_force.version} was in force on {consent_date:%Y-%m-%d}; "
+                f"consent must be to it, not to v{document.version}."
+            }
+        )
     consent = Consent(participant=participant, document=document, consent_date=consent_date)
     with audit_context(actor=actor, channel=channel):
         _save(consent)
@@ -861,6 +873,18 @@ def relapse_record(
         raise RuleViolation("Relapses are recorded in multiple sclerosis studies only.")
     _not_future("onset_date", onset_date, "Relapse onset")
     _ensure_consented_by(participant, "onset_date", onset_date, "relapse")
+    # DOMAIN.md §5.1: a protocol-defined relapse starts >= 30 days after the previous one's onset.
+    window = dt.timedelta(days=30)
+    close = participant.relapses.filter(
+        voided_at__isnull=True, onset_date__gt=onset_date - window, onset_date__lt=onset_date + window
+    ).first()
+    if close is not None:
+        raise RuleViolation(
+            {
+                "onset_date": f"A relapse already started on {close.onset_date:%Y-%m-%d}; a new relapse must "
+                "start at least 30 days after the previous one (otherwise it is the same relapse)."
+            }
+        )
     relapse = Relapse(
         participant=participant,
         onset_date=onset_date,

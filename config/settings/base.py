@@ -39,7 +39,6 @@ INSTALLED_APPS = [
     "axes",
     "pgtrigger",
     "pghistory",
-    "pghistory.admin",
     "trials",
     "safety",
     "analytics",

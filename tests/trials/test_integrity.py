@@ -188,3 +188,23 @@ def test_emergency_unblinding_reveals_one_arm_audits_and_notifies_without_the_ar
     assert mail.outbox[0].to == ["safety@example.org"]
     assert "ARM-ZX81Q" not in mail.outbox[0].body
     assert participant.subject_code in mail.outbox[0].subject
+
+
+def test_a_withdrawn_membership_loses_access_and_the_withdrawal_is_audited(participant, coordinator_site_a):
+    from django.http import Http404
+
+    from tests.factories import admin_change
+    from trials.models import StudyMembership
+    from trials.selectors import participant_get
+
+    membership = StudyMembership.objects.get(user=coordinator_site_a)
+    with admin_change("left the study team"):
+        membership.is_active = False
+        membership.save()
+    coordinator_site_a.refresh_from_db()
+    fresh_user = type(coordinator_site_a).objects.get(pk=coordinator_site_a.pk)
+    with pytest.raises(Http404):
+        participant_get(user=fresh_user, pk=participant.pk)
+    event = StudyMembership.pgh_event_model.objects.filter(pgh_obj_id=membership.pk).order_by("-pgh_id").first()
+    assert event.is_active is False
+    assert event.pgh_context.metadata["reason"] == "left the study team"

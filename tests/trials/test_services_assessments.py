@@ -637,3 +637,32 @@ def test_it_refuses_to_correct_an_assessment_when_locked(ms_visit, coordinator_s
 
     assert row_counts() == before
     assert DiseaseAssessment.objects.get().edss == Decimal("3.5")
+
+
+def test_a_relapse_within_30_days_of_the_previous_one_is_refused(study, sites, coordinator_site_a):
+    participant = infused(study, sites[0], coordinator_site_a)
+    first = dt.date(2025, 3, 1)
+    services.relapse_record(
+        actor=coordinator_site_a,
+        participant=participant,
+        onset_date=first,
+        steroid_treated=True,
+        confirmed_by_examination=True,
+    )
+    with pytest.raises(RuleViolation) as exc:
+        services.relapse_record(
+            actor=coordinator_site_a,
+            participant=participant,
+            onset_date=first + dt.timedelta(days=29),
+            steroid_treated=False,
+            confirmed_by_examination=True,
+        )
+    assert "at least 30 days after the previous one" in exc.value.message_dict["onset_date"][0]
+    services.relapse_record(
+        actor=coordinator_site_a,
+        participant=participant,
+        onset_date=first + dt.timedelta(days=30),
+        steroid_treated=False,
+        confirmed_by_examination=True,
+    )
+    assert participant.relapses.count() == 2

@@ -295,18 +295,23 @@ def test_it_refuses_reconsent_to_an_older_version(study, sites, coordinator_site
     assert row_counts() == before
 
 
-def test_it_refuses_reconsent_dated_before_the_previous_consent(
+def test_it_refuses_consent_to_a_version_superseded_on_the_consent_date(
     study, sites, coordinator_site_a, version_2, row_counts
 ):
-    participant = consented(study, sites[0], coordinator_site_a, on=dt.date(2025, 3, 10))
+    participant = screened(study, sites[0], coordinator_site_a, screening_date=dt.date(2025, 3, 10))
     before = row_counts()
 
     with pytest.raises(RuleViolation) as exc:
         services.consent_record(
-            actor=coordinator_site_a, participant=participant, document=version_2, consent_date=dt.date(2025, 3, 5)
+            actor=coordinator_site_a,
+            participant=participant,
+            document=study.consent_documents.get(version="1.0"),
+            consent_date=dt.date(2025, 3, 10),
         )
 
-    assert exc.value.message_dict == {"consent_date": ["Re-consent cannot predate the previous consent (2025-03-10)."]}
+    assert exc.value.message_dict == {
+        "document": ["Version 2.0 was in force on 2025-03-10; consent must be to it, not to v1.0."]
+    }
     assert row_counts() == before
 
 
