@@ -61,7 +61,8 @@ def audit_verify(*, using: str = "default") -> tuple[int, list[str]]:
         cursor.execute("SET LOCAL timezone = 'UTC'")
         for model in event_models():
             table = model._meta.db_table
-            cursor.execute(sql.SQL("SELECT pgh_id, row_to_json(t)::text FROM {} t").format(sql.Identifier(table)))
+            query = sql.SQL("SELECT pgh_id, row_to_json(t)::text FROM {} t").format(sql.Identifier(table))
+            cursor.execute(query.as_string(cursor.cursor.connection))
             for event_id, payload in cursor.fetchall():
                 payloads[(table, event_id)] = payload
     previous_hash, expected_seq, checked = "", 1, 0

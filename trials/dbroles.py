@@ -74,6 +74,14 @@ $$;
 """
 
 
+def _execute(cursor, statement, params=None) -> None:
+    """Run a statement that may be a psycopg ``sql.Composed``: rendered to text first, because
+    Django's debug cursor (DEBUG=True) logs the SQL as a string."""
+    if isinstance(statement, sql.Composable):
+        statement = statement.as_string(cursor.cursor.connection)
+    cursor.execute(statement, params)
+
+
 def app_role() -> str:
     return settings.TOLERANCE_DB_APP_ROLE
 
@@ -96,41 +104,43 @@ def apply_database_protection(using: str = "default") -> None:
     role = app_role()
     clinical, events = protected_tables()
     with connections[using].cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+        _execute(cursor, "SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
         if cursor.fetchone() is None:
-            cursor.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+            _execute(cursor, sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
         ident = sql.Identifier(role)
-        cursor.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
-        cursor.execute(
-            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(ident)
+        _execute(cursor, sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
+        _execute(
+            cursor, sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(ident)
         )
-        cursor.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
-        cursor.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON django_migrations FROM {}").format(ident))
+        _execute(cursor, sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
+        _execute(cursor, sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON django_migrations FROM {}").format(ident))
         for table in clinical:
-            cursor.execute(sql.SQL("REVOKE DELETE, TRUNCATE ON {} FROM {}").format(sql.Identifier(table), ident))
+            _execute(cursor, sql.SQL("REVOKE DELETE, TRUNCATE ON {} FROM {}").format(sql.Identifier(table), ident))
         for table in [*events, "trials_auditseal", "trials_accessevent", "trials_signature"]:
-            cursor.execute(
-                sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(sql.Identifier(table), ident)
+            _execute(
+                cursor, sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(sql.Identifier(table), ident)
             )
         # The app reads the chain but only the SECURITY DEFINER trigger writes it.
-        cursor.execute(sql.SQL("REVOKE INSERT ON trials_auditseal FROM {}").format(ident))
-        cursor.execute(SEAL_FUNCTION % {"lock": SEAL_LOCK_KEY})
-        cursor.execute(REQUIRE_CONTEXT_FUNCTION)
+        _execute(cursor, sql.SQL("REVOKE INSERT ON trials_auditseal FROM {}").format(ident))
+        _execute(cursor, SEAL_FUNCTION % {"lock": SEAL_LOCK_KEY})
+        _execute(cursor, REQUIRE_CONTEXT_FUNCTION)
         for table in clinical:
             # An UPDATE of a clinical row must carry who and why, whatever path it takes (ORM, bulk,
             # raw SQL): the database refuses it otherwise (RELIABILITY.md (b) step 3).
-            cursor.execute(
+            _execute(
+                cursor,
                 sql.SQL(
                     "CREATE OR REPLACE TRIGGER tolerance_require_context BEFORE UPDATE ON {} "
                     "FOR EACH ROW EXECUTE FUNCTION tolerance_require_audit_context()"
-                ).format(sql.Identifier(table))
+                ).format(sql.Identifier(table)),
             )
         for table in events:
-            cursor.execute(
+            _execute(
+                cursor,
                 sql.SQL(
                     "CREATE OR REPLACE TRIGGER tolerance_seal AFTER INSERT ON {} "
                     "FOR EACH ROW EXECUTE FUNCTION tolerance_audit_seal()"
-                ).format(sql.Identifier(table))
+                ).format(sql.Identifier(table)),
             )
 
 
@@ -144,11 +154,12 @@ def assume_app_role(sender, connection, **kwargs) -> None:
     if _owner_mode or not settings.TOLERANCE_DB_ASSUME_APP_ROLE or connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
-        cursor.execute(
+        _execute(
+            cursor,
             sql.SQL(
                 "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN SET ROLE {role}; "
                 "END IF; END $$"
-            ).format(name=sql.Literal(app_role()), role=sql.Identifier(app_role()))
+            ).format(name=sql.Literal(app_role()), role=sql.Identifier(app_role())),
         )
 
 
@@ -159,4 +170,4 @@ def use_owner_role(using: str = "default") -> None:
     connection = connections[using]
     if connection.connection is not None:
         with connection.cursor() as cursor:
-            cursor.execute("RESET ROLE")
+            _execute(cursor, "RESET ROLE")

@@ -118,3 +118,25 @@ def test_a_cut_chain_is_detected(participant):
 
 def _seal_of(event):
     return AuditSeal.objects.get(event_table=event._meta.db_table, event_id=event.pgh_id)
+
+
+def test_connections_switch_to_the_app_role_inside_a_request_audit_context(
+    settings, monkeypatch, participant, coordinator_site_a
+):
+    """A connection opened during a request is opened inside pghistory's context, whose statement
+    hook reads each SQL statement as text (it failed on a psycopg ``Composed`` before)."""
+    from trials import dbroles
+    from trials.dbroles import assume_app_role
+
+    settings.TOLERANCE_DB_ASSUME_APP_ROLE = True
+    monkeypatch.setattr(dbroles, "_owner_mode", False)  # the test database was migrated in this process
+    connection.force_debug_cursor = True
+    try:
+        with transaction.atomic(), audit_context(actor=coordinator_site_a, reason="request"):
+            assume_app_role(sender=None, connection=connection)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT current_user")
+                assert cursor.fetchone()[0] == APP_ROLE
+                cursor.execute("RESET ROLE")
+    finally:
+        connection.force_debug_cursor = False
