@@ -16,6 +16,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.authtoken.models import Token
 
+from safety.models import CTCAETerm
 from tests.factories import UserFactory, infused, member
 from trials import services
 from trials.models import Role
@@ -40,7 +41,7 @@ ALLOWED = "allowed"  # 200 for a page, 200/201/400 for an API action (an empty b
 @dataclass(frozen=True)
 class Policy:
     kind: str  # what the URL exposes; decides the expected answer per role (see ``expected``)
-    target: str  # "none", "study", "participant" or "visit": which object fills the URL
+    target: str  # "none", "study", "participant", "visit", "adverse_event", "sae_case" or "report"
     api: bool = False
     method: str = "get"
 
@@ -67,6 +68,14 @@ def expected(policy: Policy, role: str, other_site: bool) -> str | int:
         if not in_scope:
             return 404
         return ALLOWED if role == "investigator" else 403
+    if policy.kind == "medical_monitor":  # sponsor safety assessments and submissions
+        if not in_scope:
+            return 404
+        return ALLOWED if role == "medical_monitor" else 403
+    if policy.kind == "study_wide":  # cross-site pages (dose escalation): not for site-bound roles
+        if role not in CLINICAL_READERS:
+            return 404
+        return 403 if role in SITE_BOUND else ALLOWED
     if policy.kind == "investigator_blinded_study":  # the matrix study is open-label: nobody may unblind
         return 404 if not in_scope else 403
     if policy.kind == "study_write":  # screening: the study is visible, entry needs a site role
@@ -103,6 +112,21 @@ POLICY: dict[str, Policy] = {
     "trials:study_audit_export": Policy("data_manager", "study"),
     "trials:casebook_sign": Policy("investigator", "participant"),
     "trials:participant_unblind": Policy("investigator_blinded_study", "participant"),
+    # Safety
+    "safety:ae_list": Policy("read", "participant"),
+    "safety:ae_create": Policy("write", "participant"),
+    "safety:dlt_adjudicate": Policy("medical_monitor", "participant"),
+    "safety:ae_detail": Policy("read", "adverse_event"),
+    "safety:ae_update": Policy("write", "adverse_event"),
+    "safety:crs_assess": Policy("write", "adverse_event"),
+    "safety:icans_assess": Policy("write", "adverse_event"),
+    "safety:ctcae_grades": Policy("public_authenticated", "none"),
+    "safety:sae_report": Policy("write", "sae_case"),
+    "safety:sae_assess": Policy("medical_monitor", "sae_case"),
+    "safety:report_submit": Policy("medical_monitor", "report"),
+    "safety:dashboard": Policy("read", "study"),
+    "safety:reports": Policy("read", "study"),
+    "safety:escalation": Policy("study_wide", "study"),
     # REST API
     "api-root": Policy("public_authenticated", "none", api=True),
     "api-schema": Policy("public_authenticated", "none", api=True),
@@ -163,6 +187,12 @@ def world(study, sites, coordinator_site_a, coordinator_site_b):
             visit=participant.visits.get(definition__code="d0"),
             actual_date=participant.visits.get(definition__code="d0").planned_date,
         )
+    from safety.services import adverse_event_record
+    from tests.safety.conftest import serious_kwargs
+
+    ctcae = {t.term: t for t in CTCAETerm.objects.filter(version="5.0")}
+    for participant, actor in ((own, coordinator_site_a), (other, coordinator_site_b)):
+        adverse_event_record(actor=actor, participant=participant, **serious_kwargs(ctcae))
     users = {
         "coordinator": coordinator_site_a,
         "investigator": member("pi_a", study, Role.INVESTIGATOR, sites[0]),
@@ -184,6 +214,10 @@ def _url(name: str, policy: Policy, world, other_site: bool) -> str:
         return reverse(name, kwargs={"study_code": world["study"].code})
     if policy.target == "participant":
         return reverse(name, kwargs={"pk": participant.pk})
+    if policy.target in ("adverse_event", "sae_case", "report"):
+        ae = participant.adverse_events.get()
+        target = {"adverse_event": ae, "sae_case": ae.sae_case, "report": ae.sae_case.reports.first()}
+        return reverse(name, kwargs={"pk": target[policy.target].pk})
     visit = participant.visits.get(definition__code="d0")
     return reverse(name, kwargs={"pk": visit.pk})
 
@@ -209,7 +243,7 @@ def test_the_matrix_holds_for_every_role(world, role, client):
     deviations = []
     checked = 0
     for name, policy in sorted(POLICY.items()):
-        sites = (False, True) if policy.target in ("participant", "visit") else (False,)
+        sites = (False, True) if policy.target not in ("none", "study") else (False,)
         for other_site in sites:
             url = _url(name, policy, world, other_site)
             http = api if policy.api else client

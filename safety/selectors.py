@@ -1,0 +1,473 @@
+"""Safety reads, scoped by the requesting user (STYLE.md §2).
+
+AE rows reach their site through the participant, so every AE queryset is filtered with the
+casebook's own scope (``trials.selectors._scope(..., prefix="participant__")``): a coordinator sees
+their site, monitors their assigned sites, medical monitors and data managers every site of their
+studies. ``adverse_event_get`` is the one chokepoint for a single AE (404 outside the scope, 403 on
+a write for a read-only role); SAE cases and reports are fetched through it.
+
+Study-level aggregates that decide dose escalation (3+3, stopping rule) need every site's data, so
+they are only for roles that see the whole study (``require_study_wide``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch, QuerySet
+from django.http import Http404
+
+from safety.dlt import (
+    DEFAULT_DLT_CONFIG,
+    DLTEvent,
+    DLTState,
+    ParticipantDLT,
+    describe_dlt_config,
+    evaluate_participant,
+)
+from safety.escalation import (
+    BetaBinomialRule,
+    EscalationDecision,
+    LevelCounts,
+    MonitoringStatus,
+    boundary_table,
+    monitoring_status,
+    operating_characteristics,
+    three_plus_three,
+)
+from safety.models import (
+    AdverseEvent,
+    AECategory,
+    CTCAETerm,
+    DLTAdjudication,
+    DLTDefinition,
+    ExpeditedReport,
+    Notification,
+    SAECase,
+)
+from safety.rules_data import InputError, get_rules
+from trials.models import SITE_BOUND_ROLES, Disposition, DoseCohort, Participant, Role, Study
+from trials.selectors import _memberships, _scope, can_enter_data
+
+
+def adverse_event_list(*, user, study: Study | None = None, participant: Participant | None = None) -> QuerySet:
+    """The AEs ``user`` may read (voided ones included: the pages mark them)."""
+    qs = AdverseEvent.objects.filter(_scope(user, write=False, prefix="participant__")).select_related(
+        "participant__study", "participant__site", "participant__cohort", "ctcae_term"
+    )
+    if study is not None:
+        qs = qs.filter(participant__study=study)
+    if participant is not None:
+        qs = qs.filter(participant=participant)
+    return qs.order_by("participant__subject_code", "sequence")
+
+
+def adverse_event_get(*, user, pk: int, write: bool = False) -> AdverseEvent:
+    """The access chokepoint for an AE (and its CRS/ICANS assessments and SAE case)."""
+    ae = (
+        AdverseEvent.objects.filter(_scope(user, write=False, prefix="participant__"), pk=pk)
+        .select_related("participant__study", "participant__site", "participant__cohort", "ctcae_term")
+        .first()
+    )
+    if ae is None:
+        raise Http404("No such adverse event.")
+    if write and not can_enter_data(user, ae.participant):
+        raise PermissionDenied("Your role is read-only for this casebook.")
+    return ae
+
+
+def sae_case_get(*, user, pk: int) -> SAECase:
+    case = SAECase.objects.filter(pk=pk).only("adverse_event_id").first()
+    if case is None:
+        raise Http404("No such SAE case.")
+    ae = adverse_event_get(user=user, pk=case.adverse_event_id)
+    case = SAECase.objects.get(pk=pk)
+    case.adverse_event = ae
+    return case
+
+
+def report_get(*, user, pk: int) -> ExpeditedReport:
+    report = ExpeditedReport.objects.filter(pk=pk).only("case_id").first()
+    if report is None:
+        raise Http404("No such report.")
+    case = sae_case_get(user=user, pk=report.case_id)
+    report = ExpeditedReport.objects.get(pk=pk)
+    report.case = case
+    return report
+
+
+def ctcae_terms(*, version: str) -> QuerySet[CTCAETerm]:
+    return CTCAETerm.objects.filter(version=version).order_by("soc", "term")
+
+
+def has_role(user, study: Study, roles: set[str]) -> bool:
+    return any(m.study_id == study.pk and m.role in roles for m in _memberships(user))
+
+
+def is_study_wide(user, study: Study) -> bool:
+    """Whether ``user`` sees every site of ``study`` (not a site-bound role, not user admin)."""
+    return any(
+        m.study_id == study.pk and m.role not in SITE_BOUND_ROLES and m.role != Role.SPONSOR_ADMIN
+        for m in _memberships(user)
+    )
+
+
+def require_study_wide(user, study: Study) -> None:
+    if not is_study_wide(user, study):
+        raise PermissionDenied("Dose-escalation decisions use every site's data; your role sees only your sites.")
+
+
+# ---------------------------------------------------------------------------------------------
+# SAE cases and reports
+# ---------------------------------------------------------------------------------------------
+
+
+def sae_case_list(*, user, study: Study) -> QuerySet[SAECase]:
+    return (
+        SAECase.objects.filter(
+            _scope(user, write=False, prefix="adverse_event__participant__"),
+            adverse_event__participant__study=study,
+            adverse_event__voided_at=None,
+        )
+        .select_related("adverse_event__participant__site", "adverse_event__ctcae_term")
+        .prefetch_related(
+            Prefetch("reports", queryset=ExpeditedReport.objects.order_by("due_at")),
+            Prefetch("versions"),
+        )
+        .order_by("-site_aware_at")
+    )
+
+
+def report_list(*, user, study: Study, status: str | None = None) -> QuerySet[ExpeditedReport]:
+    qs = ExpeditedReport.objects.filter(
+        _scope(user, write=False, prefix="case__adverse_event__participant__"),
+        case__adverse_event__participant__study=study,
+        case__adverse_event__voided_at=None,
+        voided_at=None,
+    ).select_related("case__adverse_event__participant__site", "case__adverse_event__ctcae_term")
+    if status:
+        qs = qs.filter(status=status)
+    return qs.order_by("due_at")
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    report: ExpeditedReport
+    state: str
+    remaining: dt.timedelta
+    days_late: int
+
+
+def report_rows(reports, *, now: dt.datetime) -> list[ReportRow]:
+    rows = []
+    for report in reports:
+        if report.status == ExpeditedReport.Status.CANCELLED:
+            rows.append(ReportRow(report, "cancelled", dt.timedelta(0), 0))
+            continue
+        status = report.status_at(now)
+        rows.append(ReportRow(report, status.state.value, status.remaining, status.days_late))
+    return rows
+
+
+def notifications_recent(*, user, study: Study, limit: int = 20) -> list[Notification]:
+    return list(
+        Notification.objects.filter(
+            _scope(user, write=False, prefix="report__case__adverse_event__participant__"),
+            report__case__adverse_event__participant__study=study,
+        )
+        .select_related("report__case")
+        .order_by("-created_at")[:limit]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# DLT, 3+3 and the stopping rule
+# ---------------------------------------------------------------------------------------------
+
+
+def dlt_definition(study: Study) -> DLTDefinition | None:
+    return study.dlt_definitions.order_by("-number").first()
+
+
+def dlt_config(study: Study) -> dict[str, Any]:
+    definition = dlt_definition(study)
+    return dict(definition.config) if definition is not None else dict(DEFAULT_DLT_CONFIG)
+
+
+def _dlt_event(ae: AdverseEvent) -> DLTEvent:
+    rules = get_rules("causality", ae.causality_rules)
+    related = {}
+    for target, name in (
+        ("product", "causality_product"),
+        ("leukapheresis", "causality_leukapheresis"),
+        ("procedures", "causality_procedures"),
+    ):
+        value = getattr(ae, name)
+        related[target] = (value in rules["related"]) if value else None
+    return DLTEvent(
+        adverse_event_id=ae.pk,
+        label=f"AE {ae.sequence} {ae.ctcae_term.term} grade {ae.grade}",
+        category=ae.category,
+        grade=ae.grade,
+        serious=ae.serious,
+        onset=ae.onset,
+        related=related,
+    )
+
+
+@dataclass(frozen=True)
+class ParticipantDLTRow:
+    participant: Participant
+    status: ParticipantDLT
+    adjudication: DLTAdjudication | None
+
+
+def participant_dlt_rows(
+    participants: QuerySet[Participant], *, study: Study, today: dt.date
+) -> list[ParticipantDLTRow]:
+    """Each participant's DLT state: the SRC's adjudication when there is one, otherwise the system's
+    provisional evaluation of the events against the current definition (fixed number of queries)."""
+    config = dlt_config(study)
+    participants = participants.select_related("cohort", "site").prefetch_related(
+        Prefetch("infusions", queryset=participant_infusions()),
+        Prefetch(
+            "adverse_events",
+            queryset=AdverseEvent.objects.filter(voided_at=None).select_related("ctcae_term"),
+            to_attr="live_aes",
+        ),
+    )
+    adjudications = {
+        a.participant_id: a
+        for a in DLTAdjudication.objects.filter(participant__in=participants, voided_at=None).select_related(
+            "adverse_event"
+        )
+    }
+    left = dict(
+        Disposition.objects.filter(participant__in=participants, voided_at=None)
+        .exclude(kind=Disposition.Kind.COMPLETED)
+        .values_list("participant_id", "disposition_date")
+    )
+    rows = []
+    for participant in participants:
+        infusions = list(participant.infusions.all())
+        infusion_date = infusions[0].infusion_date if infusions else None
+        status = evaluate_participant(
+            [_dlt_event(ae) for ae in participant.live_aes],
+            config=config,
+            infusion_date=infusion_date,
+            window_days=study.dlt_window_days,
+            today=today,
+            left_study_on=left.get(participant.pk),
+        )
+        adjudication = adjudications.get(participant.pk)
+        if adjudication is not None and infusion_date is not None:
+            state = DLTState.EVALUABLE if adjudication.evaluable else DLTState.NOT_EVALUABLE
+            status = ParticipantDLT(
+                state,
+                adjudication.is_dlt,
+                status.window_start,
+                status.window_end,
+                status.candidates,
+                adjudicated=True,
+                reason=f"adjudicated by {adjudication.signer_name} on {adjudication.signed_at:%Y-%m-%d}",
+            )
+        rows.append(ParticipantDLTRow(participant, status, adjudication))
+    return rows
+
+
+def participant_infusions():
+    from trials.models import Infusion
+
+    return Infusion.objects.filter(voided_at=None).order_by("number")
+
+
+@dataclass(frozen=True)
+class CohortEscalation:
+    cohort: DoseCohort
+    counts: LevelCounts
+    provisional_dlts: int
+    decision: EscalationDecision | None
+    note: str
+    participants: list[ParticipantDLTRow] = field(default_factory=list)
+
+
+def _counts(rows: list[ParticipantDLTRow]) -> tuple[LevelCounts, int]:
+    treated = [r for r in rows if r.status.state is not DLTState.NOT_TREATED]
+    return (
+        LevelCounts(
+            treated=len(treated),
+            evaluable=sum(1 for r in treated if r.status.evaluable),
+            dlts=sum(1 for r in treated if r.status.is_dlt),
+            not_evaluable=sum(1 for r in treated if r.status.state is DLTState.NOT_EVALUABLE),
+        ),
+        sum(1 for r in treated if r.status.provisional),
+    )
+
+
+def cohort_escalation(*, study: Study, today: dt.date) -> list[CohortEscalation]:
+    """The 3+3 decision at every dose level (DOMAIN §3.7), from the cohort's DLT counts.
+
+    A level whose counts the 3+3 rules cannot take (e.g. more than 6 evaluable, or the level below
+    already beyond the MTD) shows why instead of a decision.
+    """
+    cohorts = list(study.cohorts.order_by("number"))
+    rows = participant_dlt_rows(Participant.objects.filter(study=study, cohort__isnull=False), study=study, today=today)
+    by_cohort: dict[int, list[ParticipantDLTRow]] = defaultdict(list)
+    for row in rows:
+        by_cohort[row.participant.cohort_id].append(row)
+    counted = [(c, *_counts(by_cohort[c.pk])) for c in cohorts]
+    rules = get_rules("three_plus_three")
+    result = []
+    for index, (cohort, counts, provisional) in enumerate(counted):
+        below = counted[index - 1][1] if index > 0 else None
+        above = counted[index + 1][1] if index + 1 < len(counted) else None
+        decision, note = None, ""
+        if counts.treated == 0:
+            note = "No participant dosed at this level yet."
+        else:
+            try:
+                decision = three_plus_three(
+                    counts,
+                    below=below,
+                    is_lowest=index == 0,
+                    is_highest=index + 1 == len(counted),
+                    above_exceeds_mtd=above is not None and above.dlts > rules["tolerable_max_dlts_of_6"],
+                    rules=rules,
+                )
+            except InputError as error:
+                note = error.message
+        result.append(CohortEscalation(cohort, counts, provisional, decision, note, by_cohort[cohort.pk]))
+    return result
+
+
+@dataclass(frozen=True)
+class StoppingRuleView:
+    rule: BetaBinomialRule
+    status: MonitoringStatus | None
+    boundaries: dict[int, int | None]
+    boundary_rows: list[tuple[str, int | None]]  # (n range, stop if DLTs >=), consecutive n merged
+    operating: list[tuple[float, float, float]]  # (true rate, P(stop), expected N)
+    n: int
+    x: int
+    provisional: int
+    note: str
+
+
+OC_RATES = (0.05, 0.10, 0.20, 0.30, 0.40, 0.50)
+
+
+def _merged_boundaries(table: dict[int, int | None]) -> list[tuple[str, int | None]]:
+    rows: list[tuple[list[int], int | None]] = []
+    for n, boundary in table.items():
+        if rows and rows[-1][1] == boundary and rows[-1][0][-1] == n - 1:
+            rows[-1][0].append(n)
+        else:
+            rows.append(([n], boundary))
+    return [(f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}", boundary) for ns, boundary in rows]
+
+
+def stopping_rule_status(
+    *, study: Study, today: dt.date, cohorts: list[CohortEscalation] | None = None
+) -> StoppingRuleView:
+    """The Bayesian beta-binomial stopping rule over the study's DLT-evaluable participants (pooled,
+    DOMAIN §3.8), with its boundary table and operating characteristics."""
+    config = dlt_config(study)
+    definition = dlt_definition(study)
+    rule = BetaBinomialRule(
+        **config["stopping_rule"], version=f"dlt-definition-{definition.number if definition else 'default'}"
+    )
+    cohorts = cohorts if cohorts is not None else cohort_escalation(study=study, today=today)
+    n = sum(c.counts.evaluable for c in cohorts)
+    x = sum(c.counts.dlts for c in cohorts)
+    provisional = sum(c.provisional_dlts for c in cohorts)
+    status, note = None, ""
+    if n == 0:
+        note = "No DLT-evaluable participant yet."
+    elif n > rule.max_n:
+        note = f"{n} evaluable participants exceed the rule's maximum of {rule.max_n}."
+    else:
+        status = monitoring_status(rule, x, n)
+    table = boundary_table(rule)
+    operating = [
+        (rate, oc.p_stop, oc.expected_n) for rate in OC_RATES for oc in [operating_characteristics(rule, rate)]
+    ]
+    return StoppingRuleView(rule, status, table, _merged_boundaries(table), operating, n, x, provisional, note)
+
+
+# ---------------------------------------------------------------------------------------------
+# The safety dashboard
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    study: Study
+    grades: list[int]
+    by_cohort: list[tuple[str, list[int], int]]  # (cohort label, count per grade 1-5, total)
+    subjects_by_cohort: list[tuple[str, list[int], int]]  # subjects at their worst grade
+    saes: list[tuple[SAECase, list[ReportRow]]]
+    overdue: list[ReportRow]
+    due_soon: list[ReportRow]
+    escalation: list[CohortEscalation] | None
+    stopping: StoppingRuleView | None
+    notifications: list[Notification]
+    aesi_counts: dict[str, int]
+
+
+def safety_dashboard(*, user, study: Study, now: dt.datetime) -> Dashboard:
+    """What the monitors' safety dashboard shows (DOMAIN §6), within the user's scope. The dose
+    escalation panels need the whole study, so they are left out for site-bound roles."""
+    aes = list(
+        adverse_event_list(user=user, study=study)
+        .filter(voided_at=None, treatment_emergent=True)
+        .values("grade", "participant_id", "participant__cohort__number", "participant__cohort__label", "category")
+    )
+    grades = [1, 2, 3, 4, 5]
+    events: dict[str, list[int]] = defaultdict(lambda: [0] * 5)
+    worst: dict[tuple[str, int], int] = {}
+    aesi: dict[str, int] = defaultdict(int)
+    for row in aes:
+        label = (
+            f"Cohort {row['participant__cohort__number']} ({row['participant__cohort__label']})"
+            if row["participant__cohort__number"] is not None
+            else "Not enrolled"
+        )
+        events[label][row["grade"] - 1] += 1
+        key = (label, row["participant_id"])
+        worst[key] = max(worst.get(key, 0), row["grade"])
+        aesi[AECategory(row["category"]).label] += 1
+    subjects: dict[str, list[int]] = defaultdict(lambda: [0] * 5)
+    for (label, _), grade in worst.items():
+        subjects[label][grade - 1] += 1
+    by_cohort = [(label, counts, sum(counts)) for label, counts in sorted(events.items())]
+    subjects_by_cohort = [(label, counts, sum(counts)) for label, counts in sorted(subjects.items())]
+
+    cases = list(sae_case_list(user=user, study=study).filter(voided_at=None))
+    saes = [(case, report_rows(case.reports.all(), now=now)) for case in cases]
+    pending = report_rows(report_list(user=user, study=study, status=ExpeditedReport.Status.PENDING), now=now)
+    escalation = stopping = None
+    if is_study_wide(user, study):
+        today = now.date()
+        escalation = cohort_escalation(study=study, today=today)
+        stopping = stopping_rule_status(study=study, today=today, cohorts=escalation)
+    return Dashboard(
+        study=study,
+        grades=grades,
+        by_cohort=by_cohort,
+        subjects_by_cohort=subjects_by_cohort,
+        saes=saes,
+        overdue=[r for r in pending if r.state == "overdue"],
+        due_soon=[r for r in pending if r.state == "due_soon"],
+        escalation=escalation,
+        stopping=stopping,
+        notifications=notifications_recent(user=user, study=study),
+        aesi_counts=dict(aesi),
+    )
+
+
+def dlt_definition_text(study: Study) -> list[str]:
+    return describe_dlt_config(dlt_config(study), study.dlt_window_days)
