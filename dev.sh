@@ -3,7 +3,8 @@
 #   ./dev.sh demo   set up, migrate, seed the demo trial and serve it on http://127.0.0.1:8000
 #   ./dev.sh test   set up and run the whole test suite
 # Both create .venv on first use. Without DATABASE_URL they use an embedded PostgreSQL (pgserver)
-# in .pgdata/; without CELERY_BROKER_URL Celery runs eagerly.
+# in .pgdata/. The demo runs Celery eagerly unless CELERY_BROKER_URL is set; the tests run a real
+# worker on Redis (CELERY_BROKER_URL, default redis://127.0.0.1:6379/15).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,6 +31,8 @@ case "$cmd" in
     ;;
   test)
     setup
+    # The Celery tests run a real worker: they need a Redis (a local one by default).
+    export CELERY_BROKER_URL=${CELERY_BROKER_URL:-redis://127.0.0.1:6379/15}
     exec .venv/bin/python -m pytest "$@"
     ;;
   *)
