@@ -52,6 +52,7 @@ from safety.models import (
 from safety.rules_data import InputError, get_rules
 from trials.models import SITE_BOUND_ROLES, Disposition, DoseCohort, Participant, Role, Study
 from trials.selectors import _memberships, _scope, can_enter_data
+from trials.selectors import has_role as trials_has_role
 
 
 def adverse_event_list(*, user, study: Study | None = None, participant: Participant | None = None) -> QuerySet:
@@ -105,7 +106,8 @@ def ctcae_terms(*, version: str) -> QuerySet[CTCAETerm]:
 
 
 def has_role(user, study: Study, roles: set[str]) -> bool:
-    return any(m.study_id == study.pk and m.role in roles for m in _memberships(user))
+    """Any membership with one of ``roles`` in ``study``, at any site (trials' selector decides)."""
+    return trials_has_role(user, study=study, roles=roles)
 
 
 def is_study_wide(user, study: Study) -> bool:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -21,41 +21,13 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from safety import forms, selectors, services
 from safety.models import AECategory, CTCAETerm, DLTAdjudication, ExpeditedReport, SAECase
-from trials.errors import ConflictError
+from trials import web
 from trials.models import Role
 from trials.selectors import can_enter_data, participant_get, study_get
 
 # ---------------------------------------------------------------------------------------------
-# Helpers: the one way a view calls a service and shows its refusal
+# Helpers (calling a service and showing its refusal: trials/web.py)
 # ---------------------------------------------------------------------------------------------
-
-
-def _attach_service_error(form, exc: ValidationError) -> None:
-    """The service's messages on the named fields, or above the form for fields it does not have."""
-    if hasattr(exc, "error_dict"):
-        errors: dict[str, list] = {}
-        for field, field_errors in exc.error_dict.items():
-            key = field if field == NON_FIELD_ERRORS or field in form.fields else NON_FIELD_ERRORS
-            errors.setdefault(key, []).extend(field_errors)
-        exc = ValidationError(errors)
-    form.add_error(None, exc)
-
-
-def _submit(request: HttpRequest, form, service, /, **kwargs):
-    """Call ``service`` as the requesting user; its result, or None if it refused."""
-    try:
-        return service(actor=request.user, channel="web", **kwargs)
-    except ConflictError as exc:
-        messages.error(request, " ".join(exc.messages))
-        form.conflict = True
-    except ValidationError as exc:
-        _attach_service_error(form, exc)
-    return None
-
-
-def _render_form(request: HttpRequest, template: str, context: dict) -> HttpResponse:
-    status = 409 if getattr(context.get("form"), "conflict", False) else 200
-    return render(request, template, context, status=status)
 
 
 def _require_medical_monitor(user, study) -> None:
@@ -128,7 +100,7 @@ def _ae_form_page(request, participant, form, *, ae=None, title: str, submit: st
         "term": _selected_term(form),
         "criteria": [form[name] for name in services.SERIOUSNESS_CRITERIA],
     }
-    return _render_form(request, "safety/ae_form.html", context)
+    return web.render_form(request, "safety/ae_form.html", context)
 
 
 def _serious_message(request, ae) -> None:
@@ -150,7 +122,7 @@ def ae_create(request, pk: int):
     participant = participant_get(user=request.user, pk=pk, write=True)
     form = _ae_form(request, participant)
     if request.method == "POST" and form.is_valid():
-        ae = _submit(request, form, services.adverse_event_record, participant=participant, **form.service_kwargs())
+        ae = web.submit(request, form, services.adverse_event_record, participant=participant, **form.service_kwargs())
         if ae is not None:
             messages.success(request, f"AE {ae.sequence} recorded: {ae.verbatim_term}, grade {ae.grade}.")
             _serious_message(request, ae)
@@ -169,7 +141,7 @@ def ae_update(request, pk: int):
         if not changes:
             messages.info(request, "Nothing was changed.")
             return redirect(_ae_url(ae))
-        saved = _submit(
+        saved = web.submit(
             request,
             form,
             services.adverse_event_update,
@@ -280,7 +252,9 @@ def _assessment_view(request, pk: int, *, kind: str):
                 problem = " ".join(exc.messages)
             return render(request, "safety/partials/computed_grade.html", {"computed": computed, "problem": problem})
         service = services.crs_assessment_record if is_crs else services.icans_assessment_record
-        saved = _submit(request, form, service, adverse_event=ae, **{k: v for k, v in data.items() if k != "time_zone"})
+        saved = web.submit(
+            request, form, service, adverse_event=ae, **{k: v for k, v in data.items() if k != "time_zone"}
+        )
         if saved is not None:
             note = f" (investigator override of computed grade {saved.computed_grade})" if saved.overridden else ""
             messages.success(
@@ -298,7 +272,7 @@ def _assessment_view(request, pk: int, *, kind: str):
         "submit_label": "Save assessment",
         "preview_url": request.path,
     }
-    return _render_form(request, "safety/assessment_form.html", context)
+    return web.render_form(request, "safety/assessment_form.html", context)
 
 
 @login_required
@@ -328,7 +302,7 @@ def _simple_form(request, form, *, study, title: str, submit: str, back: str, in
         "back_url": back,
         "intro": intro,
     }
-    return _render_form(request, "safety/simple_form.html", context)
+    return web.render_form(request, "safety/simple_form.html", context)
 
 
 @login_required
@@ -341,7 +315,7 @@ def sae_report(request, pk: int):
     form = forms.SAEReportForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         service = services.sae_report_to_sponsor if initial else services.sae_follow_up_submit
-        version = _submit(request, form, service, case=case, narrative=form.cleaned_data["narrative"])
+        version = web.submit(request, form, service, case=case, narrative=form.cleaned_data["narrative"])
         if version is not None:
             messages.success(request, f"{version.label} of {case.case_number} sent to the sponsor.")
             return redirect(_ae_url(ae))
@@ -384,7 +358,7 @@ def sae_assess(request, pk: int):
         request.POST or None, causality_rules=ae.causality_rules, editing=editing, initial=initial
     )
     if request.method == "POST" and form.is_valid():
-        saved = _submit(request, form, services.sae_sponsor_assess, case=case, **form.service_kwargs())
+        saved = web.submit(request, form, services.sae_sponsor_assess, case=case, **form.service_kwargs())
         if saved is not None:
             verdict = "a SUSAR: the expedited report is due" if saved.is_susar else "not a SUSAR"
             messages.success(request, f"{case.case_number} assessed: {verdict} ({saved.susar_reason}).")
@@ -412,7 +386,7 @@ def report_submit(request, pk: int):
     _require_medical_monitor(request.user, study)
     form = forms.ReportSubmitForm(request.POST or None, initial={"version": report.version})
     if request.method == "POST" and form.is_valid():
-        saved = _submit(
+        saved = web.submit(
             request,
             form,
             services.expedited_report_submit,
@@ -511,7 +485,7 @@ def dlt_adjudicate(request, pk: int):
     )
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        saved = _submit(
+        saved = web.submit(
             request,
             form,
             services.dlt_adjudicate,

@@ -12,54 +12,23 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import NON_FIELD_ERRORS, ObjectDoesNotExist, PermissionDenied, ValidationError
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods
 
-from trials import forms, selectors, services
-from trials.errors import ConflictError
+from trials import forms, selectors, services, web
 from trials.models import Indication, Participant, ParticipantStatus, Visit
 
 PAGE_SIZE = 50
 
 # ---------------------------------------------------------------------------------------------
-# Helpers: the one way a view calls a service and shows its refusal
+# Helpers (calling a service and showing its refusal: trials/web.py)
 # ---------------------------------------------------------------------------------------------
-
-
-def _attach_service_error(form, exc: ValidationError) -> None:
-    """Put the service's messages on the form: on the named field, or above the form when the
-    service names a field this form does not have (``add_error`` would raise on those)."""
-    if hasattr(exc, "error_dict"):
-        errors: dict[str, list] = {}
-        for field, field_errors in exc.error_dict.items():
-            key = field if field == NON_FIELD_ERRORS or field in form.fields else NON_FIELD_ERRORS
-            errors.setdefault(key, []).extend(field_errors)
-        exc = ValidationError(errors)
-    form.add_error(None, exc)
-
-
-def _submit(request: HttpRequest, form, service, **kwargs):
-    """Call ``service`` as the requesting user; return its result, or None if it refused."""
-    try:
-        return service(actor=request.user, channel="web", **kwargs)
-    except ConflictError as exc:
-        messages.error(request, " ".join(exc.messages))
-        form.conflict = True
-    except ValidationError as exc:
-        _attach_service_error(form, exc)
-    return None
-
-
-def _render_form(request: HttpRequest, template: str, context: dict) -> HttpResponse:
-    form = context["form"]
-    status = 409 if getattr(form, "conflict", False) else 200
-    return render(request, template, context, status=status)
 
 
 def _participant_url(participant: Participant, anchor: str = "") -> str:
@@ -86,7 +55,7 @@ def _form_page(request, participant: Participant, form, *, title: str, submit: s
         "intro": intro,
         **extra,
     }
-    return _render_form(request, template, context)
+    return web.render_form(request, template, context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,12 +108,12 @@ def participant_screen(request, study_code: str):
         raise PermissionDenied("Your role cannot screen participants in this study.")
     form = forms.ScreenForm(request.POST or None, sites=sites, initial={"screening_date": timezone.localdate()})
     if request.method == "POST" and form.is_valid():
-        participant = _submit(request, form, services.participant_screen, study=study, **form.cleaned_data)
+        participant = web.submit(request, form, services.participant_screen, study=study, **form.cleaned_data)
         if participant is not None:
             messages.success(request, f"{participant.subject_code} registered for screening. Record consent next.")
             return redirect(_participant_url(participant))
     context = {"study": study, "form": form, "title": "Screen a new participant", "submit_label": "Register"}
-    return _render_form(request, "trials/participant_screen.html", context)
+    return web.render_form(request, "trials/participant_screen.html", context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +167,7 @@ def consent_record(request, pk: int):
     documents = participant.study.consent_documents.order_by("-effective_date")
     form = forms.ConsentForm(request.POST or None, documents=documents)
     if request.method == "POST" and form.is_valid():
-        consent = _submit(request, form, services.consent_record, participant=participant, **form.cleaned_data)
+        consent = web.submit(request, form, services.consent_record, participant=participant, **form.cleaned_data)
         if consent is not None:
             messages.success(
                 request, f"Consent to v{consent.document.version} recorded ({consent.consent_date:%Y-%m-%d})."
@@ -214,7 +183,7 @@ def eligibility_record(request, pk: int):
     checklist = selectors.eligibility_checklist(participant=participant)
     form = forms.EligibilityForm(request.POST or None, checklist=checklist)
     if request.method == "POST" and form.is_valid():
-        saved = _submit(
+        saved = web.submit(
             request,
             form,
             services.eligibility_record,
@@ -230,7 +199,7 @@ def eligibility_record(request, pk: int):
                 messages.success(request, "Eligibility saved: every criterion is met. The participant can be enrolled.")
             return redirect(_participant_url(participant, "eligibility"))
     context = {"study": participant.study, "participant": participant, "form": form}
-    return _render_form(request, "trials/eligibility_form.html", context)
+    return web.render_form(request, "trials/eligibility_form.html", context)
 
 
 @login_required
@@ -239,7 +208,7 @@ def screen_failure(request, pk: int):
     participant = selectors.participant_get(user=request.user, pk=pk, write=True)
     form = forms.ScreenFailForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        saved = _submit(
+        saved = web.submit(
             request, form, services.participant_screen_fail, participant=participant, reason=form.cleaned_data["reason"]
         )
         if saved is not None:
@@ -261,7 +230,7 @@ def participant_enrol(request, pk: int):
     participant = selectors.participant_get(user=request.user, pk=pk, write=True)
     form = forms.EnrolForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        enrolled = _submit(request, form, services.participant_enrol, participant=participant, **form.cleaned_data)
+        enrolled = web.submit(request, form, services.participant_enrol, participant=participant, **form.cleaned_data)
         if enrolled is not None:
             cohort = enrolled.cohort
             messages.success(request, f"{enrolled.subject_code} enrolled in cohort {cohort.number} ({cohort.label}).")
@@ -289,7 +258,7 @@ def infusion_record(request, pk: int):
     participant = selectors.participant_get(user=request.user, pk=pk, write=True)
     form = forms.InfusionForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        infusion = _submit(request, form, services.infusion_record, participant=participant, **form.service_kwargs())
+        infusion = web.submit(request, form, services.infusion_record, participant=participant, **form.service_kwargs())
         if infusion is not None:
             deviation = services.dose_deviation_pct(infusion, infusion.cohort)
             messages.success(
@@ -344,7 +313,7 @@ def _visit_form_response(request, visit: Visit, form, *, title: str, submit: str
         "action": action,
     }
     template = "trials/partials/visit_row_form.html" if request.htmx else "trials/visit_form.html"
-    return _render_form(request, template, context)
+    return web.render_form(request, template, context)
 
 
 @login_required
@@ -363,7 +332,7 @@ def visit_record(request, pk: int):
     initial = {"actual_date": visit.actual_date, "weight_kg": visit.weight_kg, "version": visit.version}
     form = forms.VisitRecordForm(request.POST or None, editing=editing, initial=initial)
     if request.method == "POST" and form.is_valid():
-        saved = _submit(
+        saved = web.submit(
             request,
             form,
             services.visit_record,
@@ -392,7 +361,7 @@ def visit_missed(request, pk: int):
     visit = selectors.visit_get(user=request.user, pk=pk, write=True)
     form = forms.VisitMissedForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        saved = _submit(
+        saved = web.submit(
             request, form, services.visit_mark_missed, visit=visit, reason=form.cleaned_data["missed_reason"]
         )
         if saved is not None:
@@ -414,7 +383,7 @@ def visit_add(request, pk: int):
     form = forms.UnscheduledVisitForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        visit = _submit(
+        visit = web.submit(
             request,
             form,
             services.visit_add_unscheduled,
@@ -448,7 +417,7 @@ def _visit_page(
         "submit_label": submit,
         **extra,
     }
-    return _render_form(request, template, context)
+    return web.render_form(request, template, context)
 
 
 @login_required
@@ -465,7 +434,7 @@ def assessment_record(request, pk: int):
         request.POST or None, indication=indication, editing=existing is not None, initial=initial
     )
     if request.method == "POST" and form.is_valid():
-        saved = _submit(
+        saved = web.submit(
             request,
             form,
             services.assessment_record,
@@ -493,7 +462,7 @@ def mri_record(request, pk: int):
     visit = selectors.visit_get(user=request.user, pk=pk, write=True)
     form = forms.MRIForm(request.POST or None, initial={"scan_date": visit.actual_date})
     if request.method == "POST" and form.is_valid():
-        saved = _submit(request, form, services.mri_record, visit=visit, **form.cleaned_data)
+        saved = web.submit(request, form, services.mri_record, visit=visit, **form.cleaned_data)
         if saved is not None:
             messages.success(request, f"{visit.label}: MRI read saved.")
             return redirect(_participant_url(visit.participant, f"visit-{visit.pk}"))
@@ -508,7 +477,7 @@ def mmtt_record(request, pk: int):
     visit = selectors.visit_get(user=request.user, pk=pk, write=True)
     form = forms.MMTTForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        saved = _submit(
+        saved = web.submit(
             request, form, services.mmtt_record, visit=visit, samples=form.samples(), unit=form.cleaned_data["unit"]
         )
         if saved is not None:
@@ -531,7 +500,7 @@ def relapse_record(request, pk: int):
     participant = selectors.participant_get(user=request.user, pk=pk, write=True)
     form = forms.RelapseForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        relapse = _submit(request, form, services.relapse_record, participant=participant, **form.cleaned_data)
+        relapse = web.submit(request, form, services.relapse_record, participant=participant, **form.cleaned_data)
         if relapse is not None:
             messages.success(request, f"Relapse with onset {relapse.onset_date:%Y-%m-%d} recorded.")
             return redirect(_participant_url(participant, "relapses"))
@@ -549,7 +518,9 @@ def disposition_record(request, pk: int):
     participant = selectors.participant_get(user=request.user, pk=pk, write=True)
     form = forms.DispositionForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        disposition = _submit(request, form, services.disposition_record, participant=participant, **form.cleaned_data)
+        disposition = web.submit(
+            request, form, services.disposition_record, participant=participant, **form.cleaned_data
+        )
         if disposition is not None:
             messages.success(request, f"Disposition recorded: {disposition.get_kind_display().lower()}.")
             return redirect(_participant_url(participant, "disposition"))
@@ -631,7 +602,7 @@ def casebook_lock(request, pk: int):
     locking = not participant.is_locked
     form = forms.ReasonForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        saved = _submit(
+        saved = web.submit(
             request,
             form,
             services.casebook_set_locked,
@@ -664,7 +635,7 @@ def study_lock(request, study_code: str):
     locking = not study.is_locked
     form = forms.ReasonForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        saved = _submit(
+        saved = web.submit(
             request, form, services.study_set_locked, study=study, locked=locking, reason=form.cleaned_data["reason"]
         )
         if saved is not None:
@@ -677,7 +648,7 @@ def study_lock(request, study_code: str):
         "submit_label": "Lock study" if locking else "Unlock study",
         "intro": "Database lock before an interim analysis: every casebook of the study refuses changes.",
     }
-    return _render_form(request, "trials/study_form.html", context)
+    return web.render_form(request, "trials/study_form.html", context)
 
 
 @login_required
@@ -686,7 +657,7 @@ def visit_void(request, pk: int):
     visit = selectors.visit_get(user=request.user, pk=pk, write=True)
     form = forms.ReasonForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        saved = _submit(request, form, services.record_void, record=visit, reason=form.cleaned_data["reason"])
+        saved = web.submit(request, form, services.record_void, record=visit, reason=form.cleaned_data["reason"])
         if saved is not None:
             messages.success(request, f"{visit.label} voided; it stays in the audit trail.")
             return redirect(_participant_url(visit.participant, "visits"))
@@ -713,7 +684,7 @@ def casebook_sign(request, pk: int):
     )
     form = forms.SignatureForm(request.POST or None, meanings=Signature.Meaning.choices)
     if request.method == "POST" and form.is_valid():
-        saved = _submit(
+        saved = web.submit(
             request,
             form,
             services.record_sign,
@@ -742,7 +713,7 @@ def participant_unblind(request, pk: int):
     )
     form = forms.UnblindForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        arm = _submit(
+        arm = web.submit(
             request,
             form,
             services.participant_unblind,
