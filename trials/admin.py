@@ -98,10 +98,21 @@ class AuditedAdminMixin(NoDeleteMixin):
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         if request.method != "POST":
             return super().changeform_view(request, object_id, form_url, extra_context)
+        if object_id:
+            self._refuse_if_study_locked(request, object_id)
         # An invalid form saves nothing, so an empty reason here never reaches the database.
         reason = request.POST.get(REASON_FIELD, "").strip() if object_id else "added in the admin"
         with audit_context(actor=request.user, reason=reason, channel="admin"):
             return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def _refuse_if_study_locked(self, request, object_id) -> None:
+        """A locked study refuses edits from the admin as from the pages and the API."""
+        from django.core.exceptions import PermissionDenied
+
+        obj = self.get_object(request, object_id)
+        study = obj if isinstance(obj, Study) else getattr(obj, "study", None)
+        if study is not None and study.is_locked:
+            raise PermissionDenied(f"Study {study.code} is locked; unlock it (with a reason) to change its build.")
 
     def get_fields(self, request, obj=None):
         fields = [f for f in super().get_fields(request, obj) if f != REASON_FIELD]
@@ -251,10 +262,10 @@ class ConsentDocumentForm(InUseLockForm):
         return instance.consents.exists()
 
 
-class StudyMembershipForm(forms.ModelForm):
+class StudyMembershipForm(ChangeReasonForm):
     class Meta:
         model = StudyMembership
-        fields = ["user", "study", "site", "role", "unblinded"]
+        fields = ["user", "study", "site", "role", "unblinded", "is_active"]
 
     def clean(self):
         cleaned = super().clean()
@@ -441,10 +452,10 @@ class ConsentDocumentAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(StudyMembership)
-class StudyMembershipAdmin(NoDeleteMixin, admin.ModelAdmin):
+class StudyMembershipAdmin(AuditedAdminMixin, admin.ModelAdmin):
     form = StudyMembershipForm
-    list_display = ("user", "study", "site", "role", "unblinded")
-    list_filter = ("study", "site", "role", "unblinded")
+    list_display = ("user", "study", "site", "role", "unblinded", "is_active")
+    list_filter = ("study", "site", "role", "unblinded", "is_active")
     list_select_related = ("user", "study", "site")
     search_fields = (
         "user__username",

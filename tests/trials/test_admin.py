@@ -409,3 +409,36 @@ def _form_data(response) -> dict:
         if name and " disabled" not in attrs and selected:
             data[name.group(1)] = selected if " multiple" in attrs else selected[0]
     return data
+
+
+class TestLockedStudyInTheAdmin:
+    def test_a_locked_studys_build_refuses_admin_edits(self, admin_client, study, data_manager):
+        services.study_set_locked(actor=data_manager, study=study, locked=True, reason="interim cut")
+        criterion = study.criteria.get(kind="exclusion")
+        response = admin_client.post(
+            url(EligibilityCriterion, "change", criterion.pk),
+            TestReasonForChange()._criterion_post(criterion, text="Changed", change_reason="amendment"),
+        )
+        assert response.status_code == 403
+        criterion.refresh_from_db()
+        assert criterion.text == "Active infection"
+
+
+def test_a_membership_is_withdrawn_in_the_admin_with_a_reason(admin_client, study, coordinator_site_a):
+    from trials.models import StudyMembership
+
+    membership = StudyMembership.objects.get(user=coordinator_site_a)
+    data = {
+        "user": membership.user_id,
+        "study": membership.study_id,
+        "site": membership.site_id,
+        "role": membership.role,
+    }  # is_active unticked
+    refused = admin_client.post(url(StudyMembership, "change", membership.pk), data)
+    assert refused.status_code == 200
+    membership.refresh_from_db()
+    assert membership.is_active is True
+    done = admin_client.post(url(StudyMembership, "change", membership.pk), {**data, "change_reason": "left"})
+    assert done.status_code == 302
+    membership.refresh_from_db()
+    assert membership.is_active is False
