@@ -28,6 +28,7 @@ case "$cmd" in
     .venv/bin/python manage.py migrate --noinput
     .venv/bin/python manage.py seed_demo
     .venv/bin/python manage.py seed_safety_demo
+    .venv/bin/python manage.py seed_durability
     exec .venv/bin/python manage.py runserver 127.0.0.1:8000 "$@"
     ;;
   test)

@@ -3,12 +3,15 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.routers import DefaultRouter
 
+from analytics.api import AnalysisViewSet, DataCutViewSet
 from trials.api import ParticipantViewSet, StudyViewSet, VisitViewSet
 
 router = DefaultRouter()
 router.register("studies", StudyViewSet, basename="study")
 router.register("participants", ParticipantViewSet, basename="participant")
 router.register("visits", VisitViewSet, basename="visit")
+router.register("analyses", AnalysisViewSet, basename="analysis")
+router.register("data-cuts", DataCutViewSet, basename="data-cut")
 
 urlpatterns = [
     path("", include(router.urls)),

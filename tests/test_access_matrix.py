@@ -35,6 +35,7 @@ ROLES = [
 SITE_BOUND = {"coordinator", "investigator", "monitor"}
 DATA_ENTRY = {"coordinator", "investigator"}
 CLINICAL_READERS = {"coordinator", "investigator", "monitor", "medical_monitor", "data_manager", "statistician"}
+ANALYSTS = {"statistician", "data_manager", "medical_monitor"}
 ALLOWED = "allowed"  # 200 for a page, 200/201/400 for an API action (an empty body is bad input)
 
 
@@ -78,6 +79,13 @@ def expected(policy: Policy, role: str, other_site: bool) -> str | int:
         return 403 if role in SITE_BOUND else ALLOWED
     if policy.kind == "investigator_blinded_study":  # the matrix study is open-label: nobody may unblind
         return 404 if not in_scope else 403
+    if policy.kind in ("analytics", "analytics_sap"):  # durability pages of a study
+        if role not in CLINICAL_READERS:
+            return 404
+        owners = ANALYSTS if policy.kind == "analytics" else {"statistician", "data_manager"}
+        return ALLOWED if role in owners else 403
+    if policy.kind == "analytics_object":  # an analysis or a data cut: not found outside the analysts
+        return ALLOWED if role in ANALYSTS else 404
     if policy.kind == "study_write":  # screening: the study is visible, entry needs a site role
         if role not in CLINICAL_READERS:
             return 404
@@ -127,6 +135,19 @@ POLICY: dict[str, Policy] = {
     "safety:dashboard": Policy("read", "study"),
     "safety:reports": Policy("read", "study"),
     "safety:escalation": Policy("study_wide", "study"),
+    # Analytics (durability analyses)
+    "analytics:durability": Policy("analytics", "study"),
+    "analytics:job_list": Policy("analytics", "study"),
+    "analytics:analysis_request": Policy("analytics", "study"),
+    "analytics:definition_set": Policy("analytics_sap", "study"),
+    "analytics:cut_create": Policy("analytics_sap", "study"),
+    "analytics:job_detail": Policy("analytics_object", "analysis"),
+    "analytics:job_status": Policy("analytics_object", "analysis"),
+    "analytics:plot_png": Policy("analytics_object", "analysis_plot"),
+    "analysis-list": Policy("study_list", "none", api=True),
+    "analysis-detail": Policy("analytics_object", "analysis", api=True),
+    "data-cut-list": Policy("study_list", "none", api=True),
+    "data-cut-detail": Policy("analytics_object", "data_cut", api=True),
     # REST API
     "api-root": Policy("public_authenticated", "none", api=True),
     "api-schema": Policy("public_authenticated", "none", api=True),
@@ -203,7 +224,21 @@ def world(study, sites, coordinator_site_a, coordinator_site_b):
         "sponsor_admin": member("sponsor", study, Role.SPONSOR_ADMIN),
         "no_role": UserFactory(username="nobody"),
     }
-    return {"study": study, "own": own, "other": other, "users": users}
+    from analytics import services as analytics_services
+
+    analytics_services.remission_definition_set(
+        actor=users["statistician"],
+        study=study,
+        name="NEDA-3",
+        rule="neda3",
+        parameters={},
+        sap={"non_responders": "censor"},
+        reason="access matrix",
+    )
+    cut = analytics_services.datacut_create(actor=users["statistician"], study=study, cut_date=dt.date(2025, 6, 30))
+    analysis = analytics_services.analysis_request(actor=users["statistician"], data_cut=cut, spec={})
+    analytics_services.analysis_run(job_id=analysis.pk, task_id="access-matrix")
+    return {"study": study, "own": own, "other": other, "users": users, "data_cut": cut, "analysis": analysis}
 
 
 def _url(name: str, policy: Policy, world, other_site: bool) -> str:
@@ -214,6 +249,10 @@ def _url(name: str, policy: Policy, world, other_site: bool) -> str:
         return reverse(name, kwargs={"study_code": world["study"].code})
     if policy.target == "participant":
         return reverse(name, kwargs={"pk": participant.pk})
+    if policy.target in ("analysis", "data_cut"):
+        return reverse(name, kwargs={"pk": world[policy.target].pk})
+    if policy.target == "analysis_plot":
+        return reverse(name, kwargs={"pk": world["analysis"].pk, "name": "km"})
     if policy.target in ("adverse_event", "sae_case", "report"):
         ae = participant.adverse_events.get()
         target = {"adverse_event": ae, "sae_case": ae.sae_case, "report": ae.sae_case.reports.first()}
@@ -243,7 +282,8 @@ def test_the_matrix_holds_for_every_role(world, role, client):
     deviations = []
     checked = 0
     for name, policy in sorted(POLICY.items()):
-        sites = (False, True) if policy.target not in ("none", "study") else (False,)
+        study_wide = ("none", "study", "analysis", "analysis_plot", "data_cut")
+        sites = (False, True) if policy.target not in study_wide else (False,)
         for other_site in sites:
             url = _url(name, policy, world, other_site)
             http = api if policy.api else client

@@ -1,0 +1,161 @@
+"""REST API of the durability analyses. Thin (STYLE.md §3): input serializers check shape, the
+services decide, output serializers answer; every read goes through ``analytics.selectors``.
+
+* ``POST /api/v1/analyses/`` — request an analysis of a data cut (202 while it is queued or running,
+  200 with the stored result when it has run).
+* ``GET /api/v1/analyses/`` and ``/api/v1/analyses/{id}/`` — status, progress and, once done, numbers.
+* ``GET /api/v1/data-cuts/`` (and ``POST`` to make one, ``GET /{id}/``) — the cuts with their manifests.
+"""
+
+from __future__ import annotations
+
+from django.http import Http404
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.response import Response
+
+from analytics import selectors, services
+from analytics.models import AnalysisJob
+from trials.selectors import studies_visible_to
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+
+class DataCutOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    study = serializers.CharField(source="study.code")
+    cut_date = serializers.DateField()
+    label = serializers.CharField()
+    definition = serializers.CharField(source="manifest.definition.key")
+    created_by = serializers.CharField(source="created_by.username")
+    created_at = serializers.DateTimeField()
+    checksum = serializers.CharField()
+    audit_chain_head = serializers.CharField()
+    manifest = serializers.JSONField()
+
+
+class AnalysisJobOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    study = serializers.CharField(source="data_cut.study.code")
+    data_cut = serializers.IntegerField(source="data_cut_id")
+    spec = serializers.JSONField()
+    spec_hash = serializers.CharField()
+    status = serializers.CharField()
+    progress = serializers.IntegerField()
+    stage = serializers.CharField()
+    error = serializers.CharField()
+    attempts = serializers.IntegerField()
+    requested_by = serializers.CharField(source="requested_by.username")
+    requested_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class AnalysisDetailOutput(AnalysisJobOutput):
+    result = serializers.SerializerMethodField()
+
+    def get_result(self, job: AnalysisJob) -> dict | None:
+        if job.status != AnalysisJob.Status.SUCCEEDED:
+            return None
+        result = job.result
+        request = self.context.get("request")
+
+        def plot(name: str) -> str:
+            url = reverse("analytics:plot_png", args=[job.pk, name])
+            return request.build_absolute_uri(url) if request else url
+
+        return {
+            "input_checksum": result.input_checksum,
+            "data_cut_checksum": result.data_cut_checksum,
+            "library_versions": result.library_versions,
+            "compute_seconds": result.compute_seconds,
+            "created_at": result.created_at,
+            "numbers": result.numbers,
+            "plots": {"kaplan_meier_png": plot("km"), "cumulative_incidence_png": plot("cif")},
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Input (shape only; the rules are in analytics/services.py)
+# ---------------------------------------------------------------------------------------------
+
+
+class DataCutInput(serializers.Serializer):
+    study = serializers.CharField()
+    cut_date = serializers.DateField()
+    label = serializers.CharField(required=False, allow_blank=True, default="", max_length=100)
+
+
+class AnalysisRequestInput(serializers.Serializer):
+    data_cut = serializers.IntegerField()
+    spec = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="endpoint (time_to_relapse | duration_of_remission), grouping (pooled | cohort | arm), "
+        "ci_transform (log | log-log), horizon_days, alpha, seed",
+    )
+
+
+def _valid(serializer_class, request) -> dict:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoints
+# ---------------------------------------------------------------------------------------------
+
+
+class DataCutViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
+    serializer_class = DataCutOutput
+
+    def get_queryset(self):
+        study = self.request.query_params.get("study")
+        cuts = selectors.data_cut_list(user=self.request.user)
+        return cuts.filter(study__code=study) if study else cuts
+
+    def retrieve(self, request, pk=None):
+        return Response(DataCutOutput(selectors.data_cut_get(user=request.user, pk=int(pk))).data)
+
+    @extend_schema(request=DataCutInput, responses={201: DataCutOutput})
+    def create(self, request):
+        data = _valid(DataCutInput, request)
+        study = studies_visible_to(request.user).filter(code=data["study"]).first()
+        if study is None:
+            raise serializers.ValidationError({"study": [f"Unknown study {data['study']!r}."]})
+        cut = services.datacut_create(
+            actor=request.user, study=study, cut_date=data["cut_date"], label=data["label"], channel="api"
+        )
+        return Response(DataCutOutput(cut).data, status=status.HTTP_201_CREATED)
+
+
+class AnalysisViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
+    serializer_class = AnalysisJobOutput
+
+    def get_queryset(self):
+        study = self.request.query_params.get("study")
+        jobs = selectors.job_list(user=self.request.user)
+        return jobs.filter(data_cut__study__code=study) if study else jobs
+
+    @extend_schema(responses={200: AnalysisDetailOutput})
+    def retrieve(self, request, pk=None):
+        job = selectors.job_get(user=request.user, pk=int(pk))
+        return Response(AnalysisDetailOutput(job, context={"request": request}).data)
+
+    @extend_schema(request=AnalysisRequestInput, responses={200: AnalysisDetailOutput, 202: AnalysisDetailOutput})
+    def create(self, request):
+        data = _valid(AnalysisRequestInput, request)
+        try:
+            cut = selectors.data_cut_get(user=request.user, pk=data["data_cut"])
+        except Http404:  # the same answer whether the cut exists elsewhere or not at all
+            raise serializers.ValidationError({"data_cut": ["No such data cut."]}) from None
+        job = services.analysis_request(actor=request.user, data_cut=cut, spec=data["spec"], channel="api")
+        done = job.status == AnalysisJob.Status.SUCCEEDED
+        return Response(
+            AnalysisDetailOutput(job, context={"request": request}).data,
+            status=status.HTTP_200_OK if done else status.HTTP_202_ACCEPTED,
+        )

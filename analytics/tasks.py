@@ -1,0 +1,43 @@
+"""Celery entry points of the analytics app: thin (STYLE.md §8-§10).
+
+``run_analysis_task`` takes a job id only and calls ``analytics.services.analysis_run``. It is safe to
+acknowledge late and to redeliver because the service claims the job by compare-and-set and the result
+row is unique per job (STYLE.md §9): a message redelivered after its worker died (``acks_late``, and
+``reject_on_worker_lost`` for a pool child killed mid-task) takes the job back under the same task id
+and finishes it; any other duplicate finds the job running or done and stops. Transient database and
+network errors are retried with backoff, at most three times; after that the failure is recorded.
+"""
+
+from __future__ import annotations
+
+from celery import Task, shared_task
+
+from analytics.services import TRANSIENT_ERRORS
+
+
+class AnalysisTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        """Retries exhausted (or an error escaped the service): record it on the job."""
+        from analytics.services import analysis_fail
+
+        job_id = args[0] if args else kwargs.get("job_id")
+        if job_id is not None:
+            analysis_fail(job_id=job_id, message=f"{type(exc).__name__}: {exc}")
+
+
+@shared_task(
+    bind=True,
+    base=AnalysisTask,
+    name="analytics.run_analysis",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=5,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=3,
+)
+def run_analysis_task(self, job_id: int) -> str:
+    from analytics.services import analysis_run
+
+    return analysis_run(job_id=job_id, task_id=self.request.id or f"local-{job_id}")
