@@ -66,6 +66,7 @@ from trials.services import (
     _first_consent,
     _first_infusion,
     _require_role,
+    _save,
     clinical_today,
 )
 
@@ -80,13 +81,6 @@ def safety_profile(study: Study) -> StudySafetyProfile:
     """The study's safety settings; an unsaved default profile when the data manager set none."""
     profile = StudySafetyProfile.objects.filter(study=study).first()
     return profile if profile is not None else StudySafetyProfile(study=study)
-
-
-def _save(instance: Model) -> None:
-    # As in trials.services: every rule has its own check with a field message before this point,
-    # and PostgreSQL enforces the constraints, so they are not re-queried here.
-    instance.full_clean(validate_unique=False, validate_constraints=False)
-    instance.save()
 
 
 def _input_error(error: InputError, fields: Mapping[str, str] | None = None) -> RuleViolation:
