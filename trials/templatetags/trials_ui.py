@@ -50,3 +50,12 @@ def whoami(context, study=None) -> dict:
 def visit_status(value: str) -> str:
     """The label of a visit status (done, missed, upcoming, due, overdue)."""
     return VisitStatus(value).label if value in VisitStatus.values else value
+
+
+@register.simple_tag(takes_context=True)
+def durability_visible(context, study) -> bool:
+    """Whether the header offers the durability pages (analytics roles only; others would get 403)."""
+    from analytics.selectors import analytics_access
+
+    user = context["request"].user
+    return bool(getattr(study, "pk", None)) and analytics_access(user=user, study=study).can_view
