@@ -12,14 +12,21 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from decimal import ROUND_HALF_UP, Decimal
+from zoneinfo import ZoneInfo
 
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Model
 from django.utils import timezone
 
+from trials.access_log import record_access
 from trials.audit import audit_context
 from trials.errors import ConflictError, LockedError, RuleViolation
 from trials.models import (
+    DATA_ENTRY_ROLES,
+    AccessEvent,
     Consent,
     ConsentDocument,
     DiseaseAssessment,
@@ -27,6 +34,7 @@ from trials.models import (
     DoseCohort,
     EligibilityAnswer,
     EligibilityCriterion,
+    EmergencyUnblinding,
     Indication,
     Infusion,
     MMTTSample,
@@ -34,11 +42,16 @@ from trials.models import (
     Participant,
     ParticipantStatus,
     ProtocolDeviation,
+    RandomizationSlot,
     Relapse,
+    Role,
+    Signature,
     Site,
     Study,
+    StudyMembership,
     Visit,
 )
+from trials.selectors import has_role
 
 # ---------------------------------------------------------------------------------------------
 # Shared guards
@@ -156,8 +169,6 @@ def participant_screen(
         raise LockedError(f"Study {study.code} is locked; no participant can be screened.")
     if not study.sites.filter(pk=site.pk).exists():
         raise RuleViolation({"site": f"Site {site.code} does not take part in {study.code}."})
-    from trials.models import DATA_ENTRY_ROLES
-
     _require_role(actor, study=study, roles=set(DATA_ENTRY_ROLES), site=site, action=f"screen at site {site.code}")
     _not_future("screening_date", screening_date, "Screening date")
     age = screening_date.year - birth_year
@@ -374,8 +385,6 @@ def dose_deviation_pct(infusion: Infusion, cohort: DoseCohort) -> Decimal:
 
 def _site_date(participant: Participant, moment: dt.datetime) -> dt.date:
     """The calendar date of ``moment`` at the participant's site: day 0 is the site's local date."""
-    from zoneinfo import ZoneInfo
-
     return moment.astimezone(ZoneInfo(participant.site.timezone)).date()
 
 
@@ -980,10 +989,6 @@ def disposition_record(
 
 def _require_role(actor, *, study, roles: set[str], site=None, action: str) -> None:
     """Refuse unless ``actor`` holds one of ``roles`` in ``study`` (at ``site`` for site-bound roles)."""
-    from django.core.exceptions import PermissionDenied
-
-    from trials.selectors import has_role
-
     # Fresh memberships: the actor object may carry a cache from earlier in the request.
     if hasattr(actor, "_tolerance_memberships"):
         del actor._tolerance_memberships
@@ -1000,8 +1005,6 @@ def _required_reason(reason: str, field: str = "reason") -> str:
 @transaction.atomic(durable=True)
 def casebook_set_locked(*, actor, participant: Participant, locked: bool, reason: str, channel: str = "web"):
     """Lock or unlock one participant's casebook (data managers). Unlocking needs a reason too."""
-    from trials.models import Role
-
     reason = _required_reason(reason)
     _require_role(actor, study=participant.study, roles={Role.DATA_MANAGER}, action="lock casebooks")
     current = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
@@ -1017,8 +1020,6 @@ def casebook_set_locked(*, actor, participant: Participant, locked: bool, reason
 @transaction.atomic(durable=True)
 def study_set_locked(*, actor, study: Study, locked: bool, reason: str, channel: str = "web") -> Study:
     """Database lock of a whole study (e.g. before an interim analysis), and its reasoned unlock."""
-    from trials.models import Role
-
     reason = _required_reason(reason)
     _require_role(actor, study=study, roles={Role.DATA_MANAGER}, action="lock a study")
     current = Study.objects.select_for_update().get(pk=study.pk)
@@ -1044,8 +1045,6 @@ def _participant_of(record) -> Participant:
 def record_void(*, actor, record, reason: str, channel: str = "web"):
     """Void a clinical record instead of deleting it: it stays in the database and the audit trail,
     visible to data managers and auditors, and drops out of analyses and exports."""
-    from trials.models import DATA_ENTRY_ROLES, Role
-
     reason = _required_reason(reason)
     participant = _participant_of(record)
     _ensure_writable(participant)
@@ -1071,9 +1070,6 @@ def record_void(*, actor, record, reason: str, channel: str = "web"):
 
 def _check_password(actor, password: str, http_request=None) -> None:
     """Re-authentication for signatures and unblinding; a failure is audited as an access event."""
-    from trials.access_log import record_access
-    from trials.models import AccessEvent
-
     if not password or not actor.check_password(password):
         # Callers run this outside their atomic block so the failed attempt is never rolled back.
         record_access(kind=AccessEvent.Kind.SIGNATURE_FAILED, request=http_request, user=actor)
@@ -1083,10 +1079,6 @@ def _check_password(actor, password: str, http_request=None) -> None:
 def record_sign(*, actor, record, password: str, meaning: str, http_request=None, channel: str = "web"):
     """An investigator signs a record by re-entering their password and choosing what the signature
     means. The signature holds the record's version: a later change invalidates it."""
-    from django.contrib.contenttypes.models import ContentType
-
-    from trials.models import Role, Signature
-
     participant = _participant_of(record)
     _require_role(
         actor, study=participant.study, roles={Role.INVESTIGATOR}, site=participant.site, action="sign records"
@@ -1110,10 +1102,6 @@ def record_sign(*, actor, record, password: str, meaning: str, http_request=None
 
 def signature_state(record) -> dict | None:
     """The latest signature of a record and whether it still holds (None: never signed)."""
-    from django.contrib.contenttypes.models import ContentType
-
-    from trials.models import Signature
-
     signature = (
         Signature.objects.filter(content_type=ContentType.objects.get_for_model(record), object_id=record.pk)
         .order_by("-signed_at")
@@ -1131,8 +1119,6 @@ def signature_state(record) -> dict | None:
 
 def _allocate(participant: Participant, cohort: DoseCohort) -> None:
     """Blinded studies: give the participant the next free slot of the cohort's allocation list."""
-    from trials.models import RandomizationSlot
-
     slot = (
         RandomizationSlot.objects.select_for_update()
         .filter(cohort=cohort, participant__isnull=True)
@@ -1151,8 +1137,6 @@ def participant_unblind(
 ) -> str:
     """Emergency unblinding of one participant by an investigator: re-authenticated, reasoned,
     audited and notified to the medical monitors. Returns the arm."""
-    from trials.models import EmergencyUnblinding, RandomizationSlot, Role
-
     reason = _required_reason(reason)
     _require_role(actor, study=participant.study, roles={Role.INVESTIGATOR}, site=participant.site, action="unblind")
     slot = RandomizationSlot.objects.filter(participant=participant).first()
@@ -1169,10 +1153,6 @@ def participant_unblind(
 
 
 def _notify_unblinding(unblinding_id: int) -> None:
-    from django.core.mail import send_mail
-
-    from trials.models import EmergencyUnblinding, Role, StudyMembership
-
     unblinding = EmergencyUnblinding.objects.select_related("participant__study", "user").get(pk=unblinding_id)
     study = unblinding.participant.study
     recipients = sorted(

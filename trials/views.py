@@ -14,7 +14,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -22,7 +22,8 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods
 
 from trials import forms, selectors, services, web
-from trials.models import Indication, Participant, ParticipantStatus, Visit
+from trials.audit import participant_history_rows, study_audit_rows
+from trials.models import Indication, Participant, ParticipantStatus, Role, Signature, Visit
 
 PAGE_SIZE = 50
 
@@ -144,8 +145,6 @@ def participant_detail(request, pk: int):
 
 
 def _integrity_context(request, participant: Participant) -> dict:
-    from trials.models import Role
-
     user, study = request.user, participant.study
     return {
         "signature": services.signature_state(participant),
@@ -543,8 +542,6 @@ def disposition_record(request, pk: int):
 @require_GET
 def participant_history(request, pk: int):
     """Every change of the casebook: field, old -> new, who, when (UTC), why."""
-    from trials.audit import participant_history_rows
-
     participant = selectors.participant_get(user=request.user, pk=pk)
     rows = participant_history_rows(participant, unblinded=selectors.is_unblinded(request.user, participant.study))
     context = {"study": participant.study, "participant": participant, "rows": rows, "title": "Audit trail"}
@@ -556,11 +553,6 @@ def participant_history(request, pk: int):
 def study_audit_export(request, study_code: str):
     """The whole audit trail of a study as CSV, for data managers (blinding applies)."""
     import csv
-
-    from django.http import StreamingHttpResponse
-
-    from trials.audit import study_audit_rows
-    from trials.models import Role
 
     study = selectors.study_get(user=request.user, code=study_code)
     if not selectors.has_role(request.user, study=study, roles={Role.DATA_MANAGER}):
@@ -591,8 +583,6 @@ def _require(request, allowed: bool, message: str) -> None:
 @login_required
 @require_http_methods(["GET", "POST"])
 def casebook_lock(request, pk: int):
-    from trials.models import Role
-
     participant = selectors.participant_get(user=request.user, pk=pk)
     _require(
         request,
@@ -626,8 +616,6 @@ def casebook_lock(request, pk: int):
 @login_required
 @require_http_methods(["GET", "POST"])
 def study_lock(request, study_code: str):
-    from trials.models import Role
-
     study = selectors.study_get(user=request.user, code=study_code)
     _require(
         request, selectors.has_role(request.user, study=study, roles={Role.DATA_MANAGER}), "Only data managers lock."
@@ -674,8 +662,6 @@ def visit_void(request, pk: int):
 @login_required
 @require_http_methods(["GET", "POST"])
 def casebook_sign(request, pk: int):
-    from trials.models import Role, Signature
-
     participant = selectors.participant_get(user=request.user, pk=pk)
     _require(
         request,
@@ -702,8 +688,6 @@ def casebook_sign(request, pk: int):
 @login_required
 @require_http_methods(["GET", "POST"])
 def participant_unblind(request, pk: int):
-    from trials.models import Role
-
     participant = selectors.participant_get(user=request.user, pk=pk)
     _require(
         request,
