@@ -16,6 +16,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.authtoken.models import Token
 
+from safety.dictionaries import ctcae_load_shipped
 from safety.models import CTCAETerm
 from tests.factories import UserFactory, infused, member
 from trials import services
@@ -211,6 +212,8 @@ def world(study, sites, coordinator_site_a, coordinator_site_b):
     from safety.services import adverse_event_record
     from tests.safety.conftest import serious_kwargs
 
+    # Loaded here, not assumed from the data migration: a transactional test's flush empties it.
+    ctcae_load_shipped()
     ctcae = {t.term: t for t in CTCAETerm.objects.filter(version="5.0")}
     for participant, actor in ((own, coordinator_site_a), (other, coordinator_site_b)):
         adverse_event_record(actor=actor, participant=participant, **serious_kwargs(ctcae))

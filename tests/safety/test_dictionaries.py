@@ -83,7 +83,7 @@ class TestNCISpreadsheet:
         headache = CTCAETerm.objects.get(version="5.0", term="Headache")
         assert headache.definition.startswith("A disorder characterized")
 
-    def test_a_second_version_coexists(self, db, nci_csv):
+    def test_a_second_version_coexists(self, ctcae, nci_csv):
         call_command("load_ctcae", str(nci_csv), "--ctcae-version", "6.0")
         assert set(CTCAETerm.objects.filter(term="Headache").values_list("version", flat=True)) == {"5.0", "6.0"}
 
