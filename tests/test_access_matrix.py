@@ -107,6 +107,8 @@ POLICY: dict[str, Policy] = {
     "trials:infusion_record": Policy("write", "participant"),
     "trials:visit_add": Policy("write", "participant"),
     "trials:relapse_record": Policy("write", "participant"),
+    "trials:rescue_therapy_record": Policy("write", "participant"),
+    "trials:insulin_dose_record": Policy("write", "participant"),
     "trials:disposition_record": Policy("write", "participant"),
     "trials:visit_row": Policy("read", "visit"),
     "trials:visit_record": Policy("write", "visit"),

@@ -41,11 +41,13 @@ from trials.models import (
     EligibilityCriterion,
     FormCode,
     Infusion,
+    InsulinDoseChange,
     MMTTSample,
     MRIRead,
     Participant,
     ProtocolDeviation,
     Relapse,
+    RescueTherapy,
     Site,
     Study,
     StudyMembership,
@@ -639,6 +641,22 @@ class MMTTSampleAdmin(ReadOnlyAdmin):
 class RelapseAdmin(ReadOnlyAdmin):
     list_display = ("participant", "onset_date", "steroid_treated", "confirmed_by_examination")
     list_filter = ("participant__study", "participant__site", "steroid_treated", "confirmed_by_examination")
+    list_select_related = ("participant",)
+    search_fields = ("participant__subject_code",)
+
+
+@admin.register(RescueTherapy)
+class RescueTherapyAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "start_date", "stop_date", "category", "agent")
+    list_filter = ("participant__study", "participant__site", "category")
+    list_select_related = ("participant",)
+    search_fields = ("participant__subject_code", "agent")
+
+
+@admin.register(InsulinDoseChange)
+class InsulinDoseChangeAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "effective_date", "total_daily_units", "source")
+    list_filter = ("participant__study", "participant__site", "source")
     list_select_related = ("participant",)
     search_fields = ("participant__subject_code",)
 

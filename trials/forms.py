@@ -13,7 +13,16 @@ from decimal import Decimal
 from django import forms
 from django.utils import timezone
 
-from trials.models import DiseaseAssessment, Disposition, MMTTSample, Participant, ParticipantStatus, Visit
+from trials.models import (
+    DiseaseAssessment,
+    Disposition,
+    InsulinDoseChange,
+    MMTTSample,
+    Participant,
+    ParticipantStatus,
+    RescueTherapy,
+    Visit,
+)
 from trials.services import REQUIRED_FIELDS
 
 # The time points the coordinators' MMTT form offers (a subset of services.MMTT_MINUTES).
@@ -330,6 +339,25 @@ class RelapseForm(forms.Form):
     steroid_treated = forms.BooleanField(label="Treated with steroids", required=False)
     confirmed_by_examination = forms.BooleanField(label="Confirmed by neurological examination", required=False)
     notes = _text("Notes", rows=3)
+
+
+class RescueTherapyForm(forms.Form):
+    category = forms.ChoiceField(label="Category", choices=[("", "---------"), *RescueTherapy.Category.choices])
+    agent = forms.CharField(
+        label="Agent", max_length=200, required=False, help_text="The drug, e.g. methylprednisolone."
+    )
+    start_date = _date("Start date")
+    stop_date = _date("Stop date", required=False, help_text="Leave empty while the therapy continues.")
+    reason = _text("Reason", rows=3, help_text="Why it was started, e.g. relapse with new MRI activity.")
+
+
+class InsulinDoseForm(forms.Form):
+    effective_date = _date("Effective from")
+    total_daily_units = _decimal(
+        "Total daily insulin (U/day)", 6, 1, help_text="Basal plus bolus, from this date on; 0 if insulin was stopped."
+    )
+    source = forms.ChoiceField(label="Source", choices=InsulinDoseChange.Source.choices, widget=forms.RadioSelect)
+    note = _text("Note")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -595,6 +595,77 @@ class Relapse(VersionedModel):
         ordering = ["participant", "onset_date"]
 
 
+@audited
+class RescueTherapy(VersionedModel):
+    """A rescue or new disease-modifying therapy started after the infusion: an intercurrent event
+    for remission durability (ICH E9(R1); DOMAIN.md Part B §2), whatever the indication."""
+
+    class Category(models.TextChoices):
+        CORTICOSTEROID = "corticosteroid", "Systemic corticosteroid"
+        DMT = "dmt", "New disease-modifying therapy"
+        CSDMARD = "csdmard", "Conventional synthetic DMARD"
+        BIOLOGIC = "biologic", "Biologic / targeted synthetic DMARD"
+        INSULIN_INTENSIFICATION = "insulin_intensification", "Insulin intensification"
+        OTHER = "other", "Other"
+
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="rescue_therapies")
+    start_date = models.DateField()
+    stop_date = models.DateField(null=True, blank=True, help_text="Empty while the therapy continues.")
+    category = models.CharField(max_length=30, choices=Category.choices)
+    agent = models.CharField(max_length=200, help_text="The drug, e.g. methylprednisolone.")
+    reason = models.TextField()
+
+    class Meta:
+        ordering = ["participant", "start_date"]
+        verbose_name_plural = "rescue therapies"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(stop_date__isnull=True) | Q(stop_date__gte=models.F("start_date")),
+                name="rescue_therapy_stop_after_start",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.participant} {self.agent} from {self.start_date:%Y-%m-%d}"
+
+
+@audited
+class InsulinDoseChange(VersionedModel):
+    """One dated change of a T1D participant's total daily exogenous insulin (DOMAIN.md §5.2): the
+    log is a step function, each dose holding from its ``effective_date`` until the next change.
+    A dose of 0 means insulin was stopped."""
+
+    class Source(models.TextChoices):
+        DIARY = "diary", "Patient diary"
+        CLINIC = "clinic", "Clinic record"
+
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="insulin_dose_changes")
+    effective_date = models.DateField()
+    total_daily_units = models.DecimalField(
+        max_digits=6, decimal_places=1, help_text="Total daily insulin (U/day) from this date; 0 = insulin stopped."
+    )
+    source = models.CharField(max_length=6, choices=Source.choices)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["participant", "effective_date"]
+        constraints = [
+            # Voided entries stay (void, never delete), so a corrected entry may reuse their date.
+            models.UniqueConstraint(
+                fields=["participant", "effective_date"],
+                condition=Q(voided_at__isnull=True),
+                name="insulin_dose_change_once_per_date",
+            ),
+            models.CheckConstraint(
+                condition=Q(total_daily_units__gte=0) & Q(total_daily_units__lte=300),
+                name="insulin_dose_change_in_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.participant} {self.total_daily_units} U/day from {self.effective_date:%Y-%m-%d}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Disposition (SDTM DS)
 # ---------------------------------------------------------------------------------------------

@@ -25,9 +25,11 @@ from trials.models import (
     FormCode,
     Indication,
     Infusion,
+    InsulinDoseChange,
     Participant,
     ProtocolDeviation,
     Relapse,
+    RescueTherapy,
     Role,
     Site,
     Study,
@@ -254,7 +256,19 @@ class Casebook:
     visits: list[TimelineVisit]
     deviations: list[ProtocolDeviation]
     relapses: list[Relapse]
+    rescue_therapies: list[RescueTherapy]
+    insulin_doses: list[InsulinDoseChange]  # T1D only; voided entries included (the page marks them)
     disposition: Disposition | None
+
+    @property
+    def insulin_free_since(self) -> dt.date | None:
+        """The first day of the current run of 0 U/day, if the latest (non-voided) entry stopped insulin."""
+        since = None
+        for change in reversed([c for c in self.insulin_doses if c.voided_at is None]):
+            if change.total_daily_units != 0:
+                break
+            since = change.effective_date
+        return since
 
 
 def participant_casebook(*, participant: Participant, today: dt.date) -> Casebook:
@@ -280,6 +294,10 @@ def participant_casebook(*, participant: Participant, today: dt.date) -> Caseboo
             participant.deviations.select_related("visit__definition", "infusion").order_by("detected_on", "pk")
         ),
         relapses=list(participant.relapses.order_by("onset_date")),
+        rescue_therapies=list(participant.rescue_therapies.order_by("start_date", "pk")),
+        insulin_doses=list(participant.insulin_dose_changes.order_by("effective_date", "pk"))
+        if participant.study.indication == Indication.T1D
+        else [],
         disposition=Disposition.objects.filter(participant=participant).first(),
     )
 

@@ -37,6 +37,7 @@ from trials.models import (
     EmergencyUnblinding,
     Indication,
     Infusion,
+    InsulinDoseChange,
     MMTTSample,
     MRIRead,
     Participant,
@@ -44,6 +45,7 @@ from trials.models import (
     ProtocolDeviation,
     RandomizationSlot,
     Relapse,
+    RescueTherapy,
     Role,
     Signature,
     Site,
@@ -706,6 +708,7 @@ RANGES: dict[str, tuple[Decimal, Decimal, str]] = {
     "c_peptide:pmol/L": (Decimal("0"), Decimal("10000"), "C-peptide (pmol/L)"),
     "c_peptide:ng/mL": (Decimal("0"), Decimal("30"), "C-peptide (ng/mL)"),
     "mri_lesions": (Decimal("0"), Decimal("200"), "Lesion count"),
+    "insulin_total_daily_units": (Decimal("0"), Decimal("300"), "Total daily insulin (U/day)"),
 }
 
 # Which assessment fields each indication requires.
@@ -904,6 +907,112 @@ def relapse_record(
     with audit_context(actor=actor, channel=channel):
         _save(relapse)
     return relapse
+
+
+# ---------------------------------------------------------------------------------------------
+# Intercurrent events and the T1D insulin log (read by the durability analyses)
+# ---------------------------------------------------------------------------------------------
+
+
+@transaction.atomic(durable=True)
+def rescue_therapy_record(
+    *,
+    actor,
+    participant: Participant,
+    start_date: dt.date,
+    stop_date: dt.date | None,
+    category: str,
+    agent: str,
+    reason: str,
+    channel: str = "web",
+) -> RescueTherapy:
+    """Record a rescue or new disease-modifying therapy started after the infusion, in any indication:
+    an intercurrent event for remission durability (ICH E9(R1)). What a participant took before the
+    infusion is prior medication, not rescue, so it is refused here."""
+    participant = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
+    _ensure_writable(participant)
+    # After withdrawal a new therapy is no longer collected as efficacy data, like a relapse.
+    _ensure_open(participant, "rescue therapy")
+    if category not in RescueTherapy.Category.values:
+        raise RuleViolation({"category": f"Unknown rescue therapy category {category!r}."})
+    if not agent or not agent.strip():
+        raise RuleViolation({"agent": "Name the agent (the drug), e.g. methylprednisolone."})
+    if not reason or not reason.strip():
+        raise RuleViolation({"reason": "Say why the rescue therapy was started."})
+    _not_future("start_date", start_date, "Rescue therapy start")
+    _not_future("stop_date", stop_date, "Rescue therapy stop")
+    _ensure_consented_by(participant, "start_date", start_date, "rescue therapy")
+    infusion = _first_infusion(participant)
+    if infusion is None:
+        raise RuleViolation(
+            {"start_date": f"{participant.subject_code} has not been infused: rescue therapy is recorded after day 0."}
+        )
+    if start_date < infusion.infusion_date:
+        raise RuleViolation(
+            {
+                "start_date": f"The start {start_date:%Y-%m-%d} is before the infusion on "
+                f"{infusion.infusion_date:%Y-%m-%d}: a therapy before dosing is prior medication, not rescue."
+            }
+        )
+    if stop_date is not None and stop_date < start_date:
+        raise RuleViolation(
+            {"stop_date": f"The stop date {stop_date:%Y-%m-%d} is before the start on {start_date:%Y-%m-%d}."}
+        )
+    therapy = RescueTherapy(
+        participant=participant,
+        start_date=start_date,
+        stop_date=stop_date,
+        category=category,
+        agent=agent.strip(),
+        reason=reason.strip(),
+    )
+    with audit_context(actor=actor, channel=channel):
+        _save(therapy)
+    return therapy
+
+
+@transaction.atomic(durable=True)
+def insulin_dose_record(
+    *,
+    actor,
+    participant: Participant,
+    effective_date: dt.date,
+    total_daily_units: Decimal,
+    source: str,
+    note: str = "",
+    channel: str = "web",
+) -> InsulinDoseChange:
+    """Record a change of a T1D participant's total daily insulin from ``effective_date`` on (0 U/day:
+    insulin stopped). The log is a step function with at most one current entry per date; a wrong
+    entry is voided and entered again."""
+    participant = Participant.objects.select_for_update(of=("self",)).select_related("study").get(pk=participant.pk)
+    _ensure_writable(participant)
+    _ensure_open(participant, "insulin dose")
+    if participant.study.indication != Indication.T1D:
+        raise RuleViolation("Insulin dose logs are kept in type 1 diabetes studies only.")
+    if source not in InsulinDoseChange.Source.values:
+        raise RuleViolation({"source": f"Unknown source {source!r}."})
+    _check_range("total_daily_units", "insulin_total_daily_units", total_daily_units)
+    _not_future("effective_date", effective_date, "Insulin dose change")
+    _ensure_consented_by(participant, "effective_date", effective_date, "insulin dose")
+    same_day = participant.insulin_dose_changes.filter(voided_at__isnull=True, effective_date=effective_date).first()
+    if same_day is not None:
+        raise RuleViolation(
+            {
+                "effective_date": f"A dose of {same_day.total_daily_units} U/day from {effective_date:%Y-%m-%d} is "
+                "already recorded; void it to enter a correction."
+            }
+        )
+    change = InsulinDoseChange(
+        participant=participant,
+        effective_date=effective_date,
+        total_daily_units=total_daily_units,
+        source=source,
+        note=note.strip(),
+    )
+    with audit_context(actor=actor, channel=channel):
+        _save(change)
+    return change
 
 
 # ---------------------------------------------------------------------------------------------

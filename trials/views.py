@@ -138,6 +138,7 @@ def participant_detail(request, pk: int):
         "can_write": not locked and selectors.can_enter_data(request.user, participant),
         "forms_available": selectors.indication_forms(participant.study.indication),
         "is_ms": participant.study.indication == Indication.MS,
+        "is_t1d": participant.study.indication == Indication.T1D,
         "today": today,
         **_integrity_context(request, participant),
     }
@@ -504,6 +505,50 @@ def relapse_record(request, pk: int):
             messages.success(request, f"Relapse with onset {relapse.onset_date:%Y-%m-%d} recorded.")
             return redirect(_participant_url(participant, "relapses"))
     return _form_page(request, participant, form, title="Record a relapse", submit="Record relapse")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def rescue_therapy_record(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk, write=True)
+    form = forms.RescueTherapyForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        therapy = web.submit(
+            request, form, services.rescue_therapy_record, participant=participant, **form.cleaned_data
+        )
+        if therapy is not None:
+            messages.success(request, f"Rescue therapy {therapy.agent} from {therapy.start_date:%Y-%m-%d} recorded.")
+            return redirect(_participant_url(participant, "rescue-therapies"))
+    return _form_page(
+        request,
+        participant,
+        form,
+        title="Record a rescue therapy",
+        submit="Record rescue therapy",
+        intro="A rescue or new disease-modifying therapy started after the infusion.",
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def insulin_dose_record(request, pk: int):
+    participant = selectors.participant_get(user=request.user, pk=pk, write=True)
+    form = forms.InsulinDoseForm(request.POST or None, initial={"source": "diary"})
+    if request.method == "POST" and form.is_valid():
+        change = web.submit(request, form, services.insulin_dose_record, participant=participant, **form.cleaned_data)
+        if change is not None:
+            messages.success(
+                request, f"Insulin {change.total_daily_units} U/day from {change.effective_date:%Y-%m-%d} recorded."
+            )
+            return redirect(_participant_url(participant, "insulin"))
+    return _form_page(
+        request,
+        participant,
+        form,
+        title="Record an insulin dose change",
+        submit="Record dose change",
+        intro="Each entry holds from its date until the next change.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

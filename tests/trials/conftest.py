@@ -14,11 +14,13 @@ from trials.models import (
     EligibilityAnswer,
     Indication,
     Infusion,
+    InsulinDoseChange,
     MMTTSample,
     MRIRead,
     Participant,
     ProtocolDeviation,
     Relapse,
+    RescueTherapy,
     Visit,
 )
 
@@ -37,6 +39,8 @@ CASEBOOK_MODELS = (
     MRIRead,
     MMTTSample,
     Relapse,
+    RescueTherapy,
+    InsulinDoseChange,
     Disposition,
 )
 

@@ -50,6 +50,8 @@ CASEBOOK_ADMINS = (
     "mriread",
     "mmttsample",
     "relapse",
+    "rescuetherapy",
+    "insulindosechange",
     "protocoldeviation",
     "disposition",
 )
@@ -88,6 +90,15 @@ def casebook(study, sites, coordinator_site_a, t1d_study):
         steroid_treated=True,
         confirmed_by_examination=True,
     )
+    services.rescue_therapy_record(
+        actor=actor,
+        participant=participant,
+        start_date=dt.date(2025, 2, 12),
+        stop_date=dt.date(2025, 2, 14),
+        category="corticosteroid",
+        agent="methylprednisolone",
+        reason="Relapse",
+    )
     # A low dose (a protocol deviation), then a withdrawal (a disposition).
     second = enrolled(study, sites[0], actor)
     services.infusion_record(
@@ -101,6 +112,13 @@ def casebook(study, sites, coordinator_site_a, t1d_study):
         actor=actor, visit=t1d.visits.get(definition__code="d0"), actual_date=dt.date(2025, 2, 3)
     )
     services.mmtt_record(actor=actor, visit=t1d_d0, samples=[(0, Decimal("0.2")), (60, Decimal("0.5"))], unit="nmol/L")
+    services.insulin_dose_record(
+        actor=actor,
+        participant=t1d,
+        effective_date=dt.date(2025, 2, 3),
+        total_daily_units=Decimal("42"),
+        source="diary",
+    )
     return participant
 
 

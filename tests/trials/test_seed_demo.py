@@ -27,12 +27,14 @@ from trials.models import (
     Disposition,
     Indication,
     Infusion,
+    InsulinDoseChange,
     MMTTSample,
     MRIRead,
     Participant,
     ParticipantStatus,
     ProtocolDeviation,
     Relapse,
+    RescueTherapy,
     Role,
     Site,
     Study,
@@ -99,6 +101,17 @@ def fingerprint() -> dict:
                 "hba1c",
                 "crp",
                 "tender_joints_28",
+            ),
+            key=str,
+        ),
+        "insulin": sorted(
+            InsulinDoseChange.objects.values_list(
+                "participant__subject_code", "effective_date", "total_daily_units", "source"
+            )
+        ),
+        "rescue": sorted(
+            RescueTherapy.objects.values_list(
+                "participant__study__code", "participant__subject_code", "start_date", "stop_date", "category"
             ),
             key=str,
         ),
@@ -268,6 +281,60 @@ def test_ms_participants_relapse_and_show_new_lesions(demo):
         if len(rows) > 2 and rows[-1].edss - rows[0].edss >= 1 and rows[-2].edss - rows[0].edss >= 1:
             worsened += 1
     assert worsened >= 3
+
+
+def test_most_t1d_participants_keep_an_insulin_log_that_follows_their_course(demo):
+    """Baseline ~0.6-0.9 U/kg/day at screening, less after the infusion, some off insulin for months
+    and some back on it (DOMAIN.md §5.2)."""
+    assert not InsulinDoseChange.objects.exclude(participant__study__code="treg-t1d-01").exists()
+    logs = defaultdict(list)
+    for change in InsulinDoseChange.objects.select_related("participant").order_by("effective_date"):
+        logs[change.participant_id].append(change)
+    enrolled = participants("treg-t1d-01").exclude(enrolment_date=None)
+    assert 0.6 * enrolled.count() <= len(logs) <= 0.95 * enrolled.count()
+    weights = dict(Infusion.objects.values_list("participant_id", "weight_kg"))
+    consents = {c.participant_id: c.consent_date for c in Consent.objects.order_by("-consent_date")}
+    today = timezone.now().date()
+    stopped = restarted = reduced = 0
+    for participant_id, log in logs.items():
+        assert log[0].effective_date == consents[participant_id]  # the baseline dose, from the clinic record
+        assert log[0].source == InsulinDoseChange.Source.CLINIC
+        assert log[-1].effective_date <= today
+        if participant_id in weights:
+            assert 0.58 <= float(log[0].total_daily_units / weights[participant_id]) <= 0.92
+        doses = [c.total_daily_units for c in log]
+        reduced += len(doses) > 1 and doses[1] < doses[0]
+        stopped += 0 in doses
+        restarted += any(a == 0 < b for a, b in zip(doses, doses[1:], strict=False))
+    assert reduced >= 0.5 * len(logs)
+    assert stopped >= 2
+    assert restarted >= 1
+
+
+def test_about_one_infused_participant_in_ten_gets_a_rescue_therapy(demo):
+    allowed = {
+        "treg-ms-01": {RescueTherapy.Category.CORTICOSTEROID, RescueTherapy.Category.DMT},
+        "treg-ra-01": {RescueTherapy.Category.CORTICOSTEROID, RescueTherapy.Category.CSDMARD},
+        "treg-t1d-01": {RescueTherapy.Category.INSULIN_INTENSIFICATION},
+    }
+    for code, categories in allowed.items():
+        infused = Infusion.objects.filter(participant__study__code=code).count()
+        therapies = RescueTherapy.objects.filter(participant__study__code=code).select_related("participant")
+        assert 0.05 * infused <= therapies.count() <= 0.15 * infused, code
+        assert {t.category for t in therapies} <= categories
+        for therapy in therapies:
+            day0 = therapy.participant.infusions.get().infusion_date
+            assert 60 <= (therapy.start_date - day0).days <= 730
+            assert therapy.stop_date is None or therapy.stop_date >= therapy.start_date
+            assert therapy.agent
+            assert therapy.reason
+    # The MS participants withdrawn "for rescue disease-modifying therapy" have it in their casebook.
+    withdrawn_for_it = Disposition.objects.filter(
+        participant__study__code="treg-ms-01", kind="withdrawn", reason__contains="rescue disease-modifying therapy"
+    )
+    assert withdrawn_for_it.exists()
+    for disposition in withdrawn_for_it:
+        assert disposition.participant.rescue_therapies.filter(category=RescueTherapy.Category.DMT).exists()
 
 
 def test_clinical_data_were_written_by_the_site_coordinator_through_the_services(demo):

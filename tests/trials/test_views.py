@@ -21,12 +21,14 @@ from trials.models import (
     EligibilityAnswer,
     Indication,
     Infusion,
+    InsulinDoseChange,
     MMTTSample,
     MRIRead,
     Participant,
     ParticipantStatus,
     ProtocolDeviation,
     Relapse,
+    RescueTherapy,
     Role,
     Visit,
 )
@@ -42,6 +44,8 @@ CASEBOOK_MODELS = (
     MRIRead,
     MMTTSample,
     Relapse,
+    RescueTherapy,
+    InsulinDoseChange,
     Disposition,
 )
 
@@ -567,6 +571,14 @@ def _write_pages(participant: Participant) -> list[tuple[str, dict]]:
         (_url("infusion_record", participant.pk), _infusion_post()),
         (_url("visit_add", participant.pk), {"kind": "safety", "actual_date": "2025-03-01", "reason": "x"}),
         (_url("relapse_record", participant.pk), {"onset_date": "2025-02-20"}),
+        (
+            _url("rescue_therapy_record", participant.pk),
+            {"category": "corticosteroid", "agent": "prednisolone", "start_date": "2025-02-20", "reason": "x"},
+        ),
+        (
+            _url("insulin_dose_record", participant.pk),
+            {"effective_date": "2025-02-20", "total_daily_units": "20", "source": "diary"},
+        ),
         (
             _url("disposition_record", participant.pk),
             {"kind": "withdrawn", "disposition_date": "2025-03-01", "reason": "x"},

@@ -20,7 +20,8 @@ How it is built, per study:
    in screening order, cohorts fill in enrolment order, and a cohort's sentinel must be infused first.
 3. Then each participant's follow-up is replayed in date order: scheduled visits (done, missed,
    overdue, out of window) with the forms due at them, relapses and other unscheduled visits,
-   re-consent to the new consent version, and finally the disposition.
+   rescue therapies, the T1D insulin log, re-consent to the new consent version, and finally the
+   disposition.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ from trials.models import (
     EligibilityCriterion,
     FormCode,
     Indication,
+    InsulinDoseChange,
     MMTTSample,
     Participant,
+    RescueTherapy,
     Role,
     Site,
     Study,
@@ -334,6 +337,8 @@ CASEBOOK_MODELS = (
     "mriread",
     "mmttsample",
     "relapse",
+    "rescuetherapy",
+    "insulindosechange",
     "protocoldeviation",
     "disposition",
 )
@@ -471,6 +476,8 @@ class Plan:
     enrol_date: dt.date | None = None
     infusion_date: dt.date | None = None
     mri_after_loss: bool = False
+    worsening: dt.date | None = None  # loss of remission or no response: rescue, more insulin
+    rescue: bool = False
 
 
 def d(value: float, places: int) -> Decimal:
@@ -585,6 +592,137 @@ def das28_crp(values: dict) -> float:
         + 0.014 * values["patient_global_mm"]
         + 0.96
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Intercurrent events and the T1D insulin log (read by the durability analyses)
+# ---------------------------------------------------------------------------------------------
+
+INSULIN_LOG_SHARE = 0.85  # of enrolled T1D participants: some diaries are never returned or entered
+RESCUE_SHARE = 0.10  # of the infused participants of each study
+DIARY, CLINIC = InsulinDoseChange.Source.DIARY, InsulinDoseChange.Source.CLINIC
+Rescue = RescueTherapy.Category
+
+
+@dataclass(frozen=True)
+class RescueSpec:
+    category: str
+    agent: str
+    days: tuple[int, int] | None  # length of the course; None: continues
+    reason: str
+
+
+RESCUES = {
+    Indication.MS: (
+        RescueSpec(
+            Rescue.CORTICOSTEROID,
+            "methylprednisolone",
+            (3, 5),
+            "Disabling relapse: intravenous methylprednisolone 1 g daily",
+        ),
+        RescueSpec(
+            Rescue.DMT,
+            "ocrelizumab",
+            None,
+            "Ongoing disease activity after the Treg infusion: started a high-efficacy disease-modifying therapy",
+        ),
+    ),
+    Indication.RA: (
+        RescueSpec(Rescue.CORTICOSTEROID, "prednisolone", (28, 56), "Flare: oral prednisolone 10 mg daily, tapered"),
+        RescueSpec(
+            Rescue.CSDMARD,
+            "sulfasalazine",
+            None,
+            "Persistent disease activity (DAS28-CRP above 3.2): conventional synthetic DMARD added to methotrexate",
+        ),
+    ),
+    Indication.T1D: (
+        RescueSpec(
+            Rescue.INSULIN_INTENSIFICATION,
+            "insulin aspart with meals, added to basal insulin glargine",
+            None,
+            "Loss of glycaemic control: HbA1c above target; insulin regimen intensified to basal-bolus",
+        ),
+    ),
+}
+MS_WITHDRAWAL_RESCUE = RescueSpec(
+    Rescue.DMT, "ocrelizumab", None, "Relapses despite the Treg infusion: switched to ocrelizumab"
+)
+
+
+def side_rng(seed: int, plan: Plan, what: str) -> random.Random:
+    """A generator of its own for the intercurrent events and the insulin log: drawing them from
+    ``plan.rng`` would shift every later visit value of the participant."""
+    return random.Random(f"{seed}:{plan.spec.code}:{plan.fate}:{plan.rank}:{what}")  # noqa: S311
+
+
+def worsening_date(plan: Plan, rng: random.Random) -> dt.date | None:
+    """When a participant who loses remission (or never reaches it) gets worse enough to be treated."""
+    course = plan.course
+    if course.kind == "lost":
+        days = round(course.loss * MONTH) + rng.randint(3, 21)
+    elif course.kind == "none":
+        days = round(rng.uniform(4, 14) * MONTH)
+    else:
+        return None
+    return plan.infusion_date + dt.timedelta(days=days)
+
+
+def units(value: float) -> Decimal:
+    """A daily insulin total as a diary records it, to the half unit."""
+    return d(round(value * 2) / 2, 1)
+
+
+def t1d_insulin_log(plan: Plan, rng: random.Random) -> list[tuple[dt.date, Decimal, str, str]]:
+    """(effective date, U/day, source, note): the baseline dose, then the changes after the infusion,
+    following the participant's course as ``t1d_values`` does (less insulin in remission, none for
+    the insulin-free from about month 6, more again after loss of remission)."""
+    weight, course, baseline = plan.weight, plan.course, plan.baseline
+    base = baseline["insulin"] * weight
+    entries = [(plan.consent_date, units(base), CLINIC, "Usual total daily dose at screening (clinic record)")]
+    if plan.infusion_date is None:
+        return entries
+    start = plan.infusion_date
+
+    def on(days: int) -> dt.date:
+        return start + dt.timedelta(days=days)
+
+    early = rng.randint(10, 24)
+    entries.append((on(early), units(base * rng.uniform(0.80, 0.92)), DIARY, "Reduced after mild hypoglycaemia"))
+    if course.kind == "none":
+        entries.append((on(rng.randint(80, 110)), units(base * rng.uniform(0.85, 0.97)), CLINIC, "Adjusted at review"))
+    else:
+        remission = max(early + 14, round(course.onset * MONTH) + rng.randint(0, 14))
+        entries.append(
+            (
+                on(remission),
+                units(weight * rng.uniform(0.10, 0.38)),
+                DIARY,
+                "Reduced: glucose in target on a much lower dose",
+            )
+        )
+        if baseline["insulin_free"]:
+            stop = max(remission + 30, round(6 * MONTH) - rng.randint(0, 21))
+            entries.append((on(stop), Decimal("0.0"), DIARY, "Insulin stopped: glucose in target without insulin"))
+            if course.kind == "durable" and rng.random() < 0.5:
+                # Insulin for a week or three during an infection, then off again.
+                ill = stop + rng.randint(60, 200)
+                entries.append(
+                    (on(ill), units(weight * rng.uniform(0.10, 0.20)), DIARY, "Restarted during a febrile illness")
+                )
+                entries.append((on(ill + rng.randint(7, 21)), Decimal("0.0"), DIARY, "Stopped again after the illness"))
+    if plan.worsening is not None:
+        if course.kind == "lost":
+            restarted = baseline["insulin_free"]  # off insulin since about month 6; the loss comes later
+            note = "Insulin restarted: glucose above target" if restarted else "Increased: glucose above target"
+            dose = weight * rng.uniform(0.55, 0.85)
+        else:
+            dose, note = base * rng.uniform(0.95, 1.10), "Increased: glucose above target"
+        entries.append((plan.worsening, units(dose), CLINIC, note))
+    entries.sort(key=lambda e: e[0])
+    # At most one entry per date (the service refuses a second one); the later decision wins.
+    by_date = {when: (when, dose, source, note) for when, dose, source, note in entries}
+    return list(by_date.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -759,9 +897,9 @@ class DemoBuilder:
         if indication == Indication.T1D:
             return {
                 "hba1c": rng.uniform(7.0, 10.5),
-                "insulin": rng.uniform(0.30, 0.70),
+                "insulin": rng.uniform(0.60, 0.90),  # U/kg/day before the infusion
                 "peak_c_peptide": rng.uniform(0.35, 0.95),
-                "insulin_free": rng.random() < 0.12,
+                "insulin_free": rng.random() < 0.3,  # off insulin from about month 6 if in remission
             }
         return {
             "tjc": rng.randint(8, 20),
@@ -814,8 +952,13 @@ class DemoBuilder:
         for plan in sorted(infused, key=lambda p: (p.infusion_date, p.index)):
             self._infuse(plan)
 
+        self._choose_rescues(spec, infused)
+
         # 5. Follow-up and disposition, participant by participant.
         for plan in enrolled:
+            if plan.infusion_date is None:
+                for _, record in self._insulin_log(plan, horizon=self.today):
+                    record()  # the baseline dose only
             if plan.fate == WITHDRAWN_BEFORE_INFUSION:
                 services.disposition_record(
                     actor=self.actor(plan),
@@ -981,6 +1124,12 @@ class DemoBuilder:
             last_date = max(last_date, visit_date)
             actions.append((visit_date, 2, self._unscheduled(plan, onset, visit_date, reason)))
 
+        last_day = min(horizon - dt.timedelta(days=1), infused_on + dt.timedelta(days=participant.study.follow_up_days))
+        for when, action in self._rescue_therapies(plan, closure, last_day):
+            actions.append((when, 4, action))
+        for when, action in self._insulin_log(plan, horizon=last_day):
+            actions.append((when, 5, action))
+
         v2 = self.documents[participant.study_id][-1]
         if plan.fate == FOLLOW_UP and plan.first_consent != v2 and rng.random() < 0.65:
             on = min(today, v2.effective_date + dt.timedelta(days=rng.randint(3, 40)))
@@ -1116,6 +1265,86 @@ class DemoBuilder:
                 )
 
         return record
+
+    def _choose_rescues(self, spec: StudySpec, infused: list[Plan]) -> None:
+        """Who gets worse and when; about one infused participant in ten is given a rescue therapy
+        then (the MS participants withdrawn for a new DMT among them)."""
+        for plan in infused:
+            plan.worsening = worsening_date(plan, side_rng(self.seed, plan, "worsening"))
+        withdrawn_for_it = [p for p in infused if p.fate == WITHDRAWN and spec.indication == Indication.MS]
+        candidates = [
+            p
+            for p in infused
+            if p.fate in (FOLLOW_UP, COMPLETED)
+            and p.worsening is not None
+            and p.worsening < self.today - dt.timedelta(days=1)
+            and (p.worsening - p.infusion_date).days <= p.participant.study.follow_up_days
+        ]
+        wanted = max(0, round(RESCUE_SHARE * len(infused)) - len(withdrawn_for_it))
+        rng = random.Random(f"{self.seed}:{spec.code}:rescue")  # noqa: S311
+        for plan in [*withdrawn_for_it, *rng.sample(candidates, min(wanted, len(candidates)))]:
+            plan.rescue = True
+
+    def _rescue_therapies(
+        self, plan: Plan, closure: dt.date | None, last_day: dt.date
+    ) -> list[tuple[dt.date, Callable[[], None]]]:
+        """The rescue therapy of a participant chosen for one: when they get worse, or for the MS
+        participants withdrawn for a new DMT, just before their withdrawal."""
+        rng, indication = side_rng(self.seed, plan, "rescue"), plan.spec.indication
+        if plan.fate == WITHDRAWN and indication == Indication.MS and closure is not None:
+            start = max(plan.infusion_date + dt.timedelta(days=30), closure - dt.timedelta(days=rng.randint(7, 21)))
+            spec = MS_WITHDRAWAL_RESCUE
+        elif plan.rescue:
+            spec = rng.choice(RESCUES[indication])
+            # T1D: the intensification is the insulin increase of that day in the log.
+            start = plan.worsening + dt.timedelta(days=0 if indication == Indication.T1D else rng.randint(0, 10))
+        else:
+            return []
+        if start > last_day:
+            return []
+        stop = start + dt.timedelta(days=rng.randint(*spec.days) - 1) if spec.days else None
+        if stop is not None and stop > last_day:
+            stop = None  # still being taken at the last contact
+
+        def record() -> None:
+            services.rescue_therapy_record(
+                actor=self.actor(plan),
+                participant=plan.participant,
+                start_date=start,
+                stop_date=stop,
+                category=spec.category,
+                agent=spec.agent,
+                reason=spec.reason,
+                channel=CHANNEL,
+            )
+
+        return [(start, record)]
+
+    def _insulin_log(self, plan: Plan, *, horizon: dt.date) -> list[tuple[dt.date, Callable[[], None]]]:
+        """The insulin log of most enrolled T1D participants, up to ``horizon``."""
+        if plan.spec.indication != Indication.T1D:
+            return []
+        rng = side_rng(self.seed, plan, "insulin")
+        if rng.random() >= INSULIN_LOG_SHARE:
+            return []
+        actions = []
+        for when, dose, source, note in t1d_insulin_log(plan, rng):
+            if when > horizon:
+                break
+
+            def record(when=when, dose=dose, source=source, note=note) -> None:
+                services.insulin_dose_record(
+                    actor=self.actor(plan),
+                    participant=plan.participant,
+                    effective_date=when,
+                    total_daily_units=dose,
+                    source=source,
+                    note=note,
+                    channel=CHANNEL,
+                )
+
+            actions.append((when, record))
+        return actions
 
     def _reconsent(self, plan: Plan, document: ConsentDocument, on: dt.date) -> Callable[[], None]:
         return lambda: services.consent_record(
