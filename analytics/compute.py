@@ -4,8 +4,10 @@ through ``analytics.survival`` (the one module that talks to lifelines).
 Kaplan–Meier per group (median and survival at 6/12/18/24 months, both CI transforms; the primary one
 is the spec's), log-rank across groups, Cox by dose (log10 planned cells/kg, ``batch_mode=True``),
 Aalen–Johansen cumulative incidence of relapse with death and retreatment competing (seeded),
-RMST to the horizon with SE and differences against the first group, and the Turnbull NPMLE as the
-interval-censored sensitivity analysis. A secondary analysis that cannot be estimated on these data
+RMST to the horizon with SE and differences against the first group, the probability of being in
+remission over time with the mean time in remission (multi-state Aalen–Johansen, bootstrap SE), the
+3- and 6-month landmark analyses by remission status, and the Turnbull NPMLE as the interval-censored
+sensitivity analysis. A secondary analysis that cannot be estimated on these data
 (one group, no events, no dose contrast) is recorded as such instead of failing the whole job.
 
 Everything returned is plain JSON: non-finite numbers become ``None`` (PostgreSQL's jsonb refuses NaN).
@@ -23,12 +25,16 @@ import numpy as np
 import pandas as pd
 
 from analytics import survival
+from analytics.datacut import LANDMARK_COLUMNS
+from analytics.derivations import LANDMARK_DAYS
 
 DEFAULT_TIMES = survival.DEFAULT_TIMES_DAYS
 # The Turnbull EM stops when the log-likelihood gains less than this. survival.turnbull_npmle's 1e-9
 # costs ~7x the time of 1e-6 on day-granular data for changes below 1e-4 in S(t) (lifelines'
 # own default is 1e-5); the value used is recorded in the result.
 TURNBULL_TOLERANCE = 1e-6
+# Bootstrap resamples for the SE of the mean time in remission (seeded with the spec's seed).
+PIR_BOOTSTRAP = 200
 TIME_LABELS = {182.625: "6 months", 365.25: "12 months", 547.875: "18 months", 730.5: "24 months"}
 
 
@@ -139,6 +145,30 @@ def analysis_numbers(
     elif rmst["comparison"] is not None:
         comparisons.append(rmst["comparison"])
 
+    stage("probability in remission and landmarks")
+    if frame["paramcd"].iloc[0] == "TTREL":
+        pir = _secondary(
+            "probability in remission",
+            lambda: survival.probability_in_remission(
+                frame, group_col="group", horizon=horizon_days, bootstrap=PIR_BOOTSTRAP, seed=seed, alpha=alpha
+            ),
+            notes,
+        )
+        landmarks = [
+            _secondary(
+                f"landmark {label}",
+                lambda day=day, column=column, label=label: survival.landmark_analysis(
+                    frame, landmark=day, status_col=column, label=label, alpha=alpha, ci_transform=ci_transform
+                ),
+                notes,
+            )
+            for day, column, label in zip(LANDMARK_DAYS, LANDMARK_COLUMNS, ("3 months", "6 months"), strict=True)
+        ]
+    else:
+        reason = "defined on the time-since-infusion clock: see the time-to-relapse endpoint"
+        pir = {"estimable": False, "reason": reason}
+        landmarks = [{"estimable": False, "reason": reason}]
+
     stage("interval-censored sensitivity analysis")
     turnbull = {
         label: _secondary(
@@ -164,6 +194,8 @@ def analysis_numbers(
             "cumulative_incidence": cif,
             "rmst": {**rmst, "comparisons": comparisons},
             "turnbull": turnbull,
+            "probability_in_remission": pir,
+            "landmarks": landmarks,
             "notes": notes,
             "versions": survival.library_versions(),
         }

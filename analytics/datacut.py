@@ -28,46 +28,41 @@ import datetime as dt
 import gzip
 import hashlib
 import io
-import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from itertools import groupby
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from django.db import connection
 from psycopg import sql
 
 from analytics.derivations import (
+    LANDMARK_DAYS,
     DurabilityRules,
     EDSSAssessment,
     EpisodeRules,
-    FollowUp,
     MissingVisitPolicy,
     MRIScan,
     NonResponderPolicy,
-    NotEvaluableError,
     RemissionDefinition,
-    TimeToEventRow,
-    VisitRemission,
-    administrative_cutoff,
-    days_in_remission,
-    duration_of_remission,
-    in_remission,
-    remission_episodes,
-    time_to_relapse,
+    RescueStrategy,
+    insulin_free_days_from_log,
 )
-from analytics.units import UnitError
+from analytics.outcomes_vectorised import participant_outcomes
+from analytics.rules_vectorised import RULE_INPUTS, UNIT_COLUMNS, VECTORISED_RULES, evaluate_frame, scalar_evaluator
 
 # Bump when a query or a derivation rule below changes: it is recorded in every manifest.
-EXTRACTION_VERSION = 1
+EXTRACTION_VERSION = 2  # 2: rescue therapy start; the T1D insulin log
 
-# Rules whose inputs the casebook collects. ``insulin_independence`` needs a daily insulin diary,
-# which the casebook does not have, so it cannot be chosen for a study yet.
+# Rules whose inputs the casebook collects, and the form that carries them. Insulin independence is
+# evaluated at each disease-activity assessment (its HbA1c) from the insulin log (InsulinDoseChange).
 SUPPORTED_RULES: dict[str, str] = {
     "idaa1c": "disease_activity",
+    "insulin_independence": "disease_activity",
     "insulin_dose_below": "disease_activity",
     "mmtt_peak_c_peptide": "mmtt",
     "das28_crp4": "disease_activity",
@@ -96,6 +91,7 @@ class SAPOptions:
     Keys: ``non_responders`` (required: censor, event_at_first_assessment, event_at_origin, exclude),
     ``confirm_onset``/``onset_confirmation_min_days``, ``confirm_loss``/``loss_confirmation_min_days``,
     ``missing_visits`` (ignore, not_in_remission), ``missed_visits_censor_threshold`` (2),
+    ``rescue_therapy`` (event, competing, censor, ignore: :class:`~analytics.derivations.RescueStrategy`),
     ``death_is_event``/``retreatment_is_event`` (composite TTREL, default false), ``dor_death_is_event``
     (true), and for NEDA-3 ``neda_window_days`` (365) and ``mri_rebaseline_day`` (none).
     """
@@ -115,6 +111,7 @@ _SAP_DEFAULTS: dict[str, Any] = {
     "missed_visits_censor_threshold": 2,
     "death_is_event": False,
     "retreatment_is_event": False,
+    "rescue_therapy": RescueStrategy.EVENT.value,
     "dor_death_is_event": True,
     "neda_window_days": 365,
     "mri_rebaseline_day": None,
@@ -147,6 +144,7 @@ def sap_options(sap: Mapping[str, Any]) -> SAPOptions:
     try:
         policy = NonResponderPolicy(sap["non_responders"])
         missing = MissingVisitPolicy(sap.get("missing_visits", _SAP_DEFAULTS["missing_visits"]))
+        rescue = RescueStrategy(sap.get("rescue_therapy", _SAP_DEFAULTS["rescue_therapy"]))
     except ValueError as exc:
         raise ValueError(str(exc)) from None
     episodes = EpisodeRules(
@@ -162,6 +160,7 @@ def sap_options(sap: Mapping[str, Any]) -> SAPOptions:
         missed_visits_censor_threshold=_sap_int(sap, "missed_visits_censor_threshold", minimum=1),
         death_is_event=_sap_bool(sap, "death_is_event"),
         retreatment_is_event=_sap_bool(sap, "retreatment_is_event"),
+        rescue=rescue,
     )
     return SAPOptions(
         rules=rules,
@@ -181,7 +180,8 @@ SELECT p.id AS participant_id, p.subject_code, s.code AS site_code,
        c.planned_cells_per_kg, c.planned_total_cells,
        first.infusion_date,
        re.retreatment_date,
-       d.kind AS disposition_kind, d.disposition_date, d.death_date
+       d.kind AS disposition_kind, d.disposition_date, d.death_date,
+       rs.rescue_date
 FROM trials_participant p
 JOIN trials_site s ON s.id = p.site_id
 JOIN LATERAL (
@@ -197,6 +197,12 @@ LEFT JOIN LATERAL (
     WHERE i.participant_id = p.id AND i.voided_at IS NULL AND i.number > ic.infusions_planned
       AND i.infusion_date <= {cut}
 ) re ON true
+LEFT JOIN LATERAL (
+    -- The first rescue therapy or new disease-modifying therapy started after the infusion.
+    SELECT min(rt.start_date) AS rescue_date FROM trials_rescuetherapy rt
+    WHERE rt.participant_id = p.id AND rt.voided_at IS NULL
+      AND rt.start_date >= first.infusion_date AND rt.start_date <= {cut}
+) rs ON true
 LEFT JOIN trials_disposition d
     ON d.participant_id = p.id AND d.voided_at IS NULL AND d.disposition_date <= {cut}
 WHERE p.study_id = {study} AND p.voided_at IS NULL AND first.infusion_date <= {cut}
@@ -255,6 +261,14 @@ WHERE p.study_id = {study} AND p.voided_at IS NULL AND v.voided_at IS NULL AND r
 ORDER BY v.participant_id, r.scan_date, r.id
 """
 
+_INSULIN = """
+SELECT c.participant_id, c.effective_date, c.total_daily_units
+FROM trials_insulindosechange c
+JOIN trials_participant p ON p.id = c.participant_id
+WHERE p.study_id = {study} AND p.voided_at IS NULL AND c.voided_at IS NULL AND c.effective_date <= {cut}
+ORDER BY c.participant_id, c.effective_date, c.id
+"""
+
 _RELAPSES = """
 SELECT r.participant_id, r.id AS relapse_id, r.onset_date
 FROM trials_relapse r
@@ -284,6 +298,7 @@ def frame_queries(*, indication: str, blinded: bool) -> dict[str, str]:
     }
     if indication == "T1D":
         queries["mmtt"] = _MMTT
+        queries["insulin"] = _INSULIN
     if indication == "MS":
         queries["mri"] = _MRI
         queries["relapses"] = _RELAPSES
@@ -386,6 +401,7 @@ class ParticipantInfo:
     disposition_kind: str
     disposition_date: dt.date | None
     death_date: dt.date | None
+    rescue_date: dt.date | None = None
 
     @classmethod
     def from_record(cls, r: Mapping[str, str]) -> ParticipantInfo:
@@ -402,6 +418,7 @@ class ParticipantInfo:
             disposition_kind=r["disposition_kind"],
             disposition_date=_date(r["disposition_date"]),
             death_date=_date(r["death_date"]),
+            rescue_date=_date(r.get("rescue_date", "")),
         )
 
     @property
@@ -424,28 +441,42 @@ class RemissionRow:
     note: str
 
 
+ASSESSMENT_COLUMNS = [
+    "participant_id",
+    "visit_id",
+    "assessment_id",
+    "visit_date",
+    "study_day",
+    "adequate",
+    "in_remission",
+    "derived",
+    "note",
+]
+
+
 @dataclass
 class DerivedCut:
-    """The outcome of :func:`derive`: one record per participant (``None`` rows excluded by the SAP
-    are counted, not listed) and counts for the result's summary."""
+    """The outcome of :func:`derive`.
 
-    records: list[dict[str, Any]] = field(default_factory=list)
+    ``table``: one row per participant the SAP keeps (:data:`RECORD_COLUMNS`), in participant-id
+    order; excluded participants are counted, not listed. ``assessments_table``: every derived
+    assessment (:data:`ASSESSMENT_COLUMNS`, ``in_remission`` as 1/0/empty), when asked for.
+    ``fallback_rows``: assessments the vectorised rules handed to the scalar reference.
+    """
+
+    table: pd.DataFrame
+    assessments_table: pd.DataFrame | None = None
     excluded: int = 0
     assessments: int = 0
     adequate: int = 0
-    distinct_inputs_evaluated: int = 0
+    fallback_rows: int = 0
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.table.to_dict("records")
 
 
-def _compact(derived: Mapping[str, Mapping[str, Any]], key: str) -> str:
-    """The derived values of one assessment as stored: value and unit per name, plus the comparison.
-    The raw inputs are not repeated: the row links to its assessment (and the cut's frames hold them)."""
-    criterion = derived.get("in_remission", {}).get("inputs", {}).get("criterion", "")
-    values = {name: [item["value"], item["unit"]] for name, item in derived.items() if name != "in_remission"}
-    return json.dumps({"definition": key, "criterion": criterion, "values": values}, sort_keys=True)
-
-
-# Distinct input tuples remembered per derivation: enough for coarse inputs (HbA1c to 0.1 %, insulin to
-# 0.01 U/kg), bounded for near-continuous ones (RA: CRP x joint counts x two VAS rarely repeat).
+# Distinct input tuples remembered per derivation (the rules without a vectorised form: MMTT).
 MEMO_LIMIT = 200_000
 
 
@@ -454,7 +485,7 @@ class _Evaluator:
     them, so equal inputs give equal outputs; NEDA-3 inputs span visits and are not memoised."""
 
     def __init__(self, definition: RemissionDefinition) -> None:
-        self.definition = definition
+        self.scalar = scalar_evaluator(definition)
         self.memo: dict[tuple, tuple[bool, bool | None, str, str]] = {}
 
     def __call__(self, key: tuple | None, inputs: Callable[[], dict[str, Any]]) -> tuple[bool, bool | None, str, str]:
@@ -462,11 +493,7 @@ class _Evaluator:
             hit = self.memo.get(key)
             if hit is not None:
                 return hit
-        try:
-            ok, derived = in_remission(self.definition, inputs())
-            outcome = (True, bool(ok), _compact(derived, self.definition.key), "")
-        except (NotEvaluableError, UnitError, ValueError, TypeError) as exc:
-            outcome = (False, None, json.dumps({"definition": self.definition.key}), f"not evaluable: {exc}"[:300])
+        outcome = self.scalar(inputs())
         if key is not None and len(self.memo) < MEMO_LIMIT:
             self.memo[key] = outcome
         return outcome
@@ -481,61 +508,183 @@ def _grouped(frame: Frame | None, key: str) -> dict[int, list[dict[str, str]]]:
     return result
 
 
-def derive(
+_ORDINAL_OF_EPOCH = dt.date(1970, 1, 1).toordinal()
+
+
+def _ordinals(values: pd.Series) -> np.ndarray:
+    """ISO dates (empty for none) as proleptic ordinals (``date.toordinal``), NaN for none."""
+    parsed = pd.to_datetime(values.replace("", None), format="%Y-%m-%d", errors="raise")
+    days = parsed.to_numpy(dtype="datetime64[D]").astype("int64").astype(float)
+    days[parsed.isna().to_numpy()] = np.nan
+    return days + _ORDINAL_OF_EPOCH
+
+
+def _dates(ordinals: np.ndarray) -> list[dt.date | None]:
+    return [None if math.isnan(o) else dt.date.fromordinal(int(o)) for o in ordinals]
+
+
+def _participants_table(frame: Frame, *, follow_up_days: int, cut_date: dt.date) -> pd.DataFrame:
+    """The participants frame with day numbers (ordinals) for the outcome derivation."""
+    table = pd.read_csv(io.BytesIO(frame.csv), dtype=str, keep_default_na=False)
+    out = pd.DataFrame({"participant_id": table["participant_id"].astype("int64")})
+    out["infusion"] = _ordinals(table["infusion_date"])
+    out["cutoff"] = np.minimum(out["infusion"] + follow_up_days, cut_date.toordinal())
+    withdrawn = table["disposition_kind"].isin(["withdrawn", "lost_to_follow_up"]).to_numpy()
+    out["withdrawal"] = np.where(withdrawn, _ordinals(table["disposition_date"]), np.nan)
+    out["death"] = _ordinals(table["death_date"])
+    out["retreatment"] = _ordinals(table["retreatment_date"])
+    out["rescue"] = _ordinals(table["rescue_date"]) if "rescue_date" in table else np.nan
+    for name in ("subject_code", "site_code", "cohort_label"):
+        out[name] = table[name]
+    out["cohort_number"] = table["cohort_number"].astype("int64")
+    out["dose_per_kg"] = pd.to_numeric(table["planned_cells_per_kg"].replace("", None), errors="raise").astype(float)
+    return out.sort_values("participant_id", kind="mergesort").reset_index(drop=True)
+
+
+_ASSESSMENT_DTYPES = {
+    "participant_id": "int64",
+    "visit_id": "int64",
+    "assessment_id": "float64",
+    "kind": "category",
+    "visit_date": str,
+    "visit_status": "category",
+    "activity_due": "category",
+    "crp_unit": str,
+    "hba1c_unit": str,
+}
+
+
+def _table_rule_assessments(
+    frame: Frame, participants: pd.DataFrame, definition: RemissionDefinition
+) -> tuple[pd.DataFrame, int]:
+    """Remission at every visit that has or owes a disease-activity assessment, for a rule with a
+    vectorised form: the same rows, statuses and notes as the per-row path (``_derive_visits``)."""
+    inputs = list(RULE_INPUTS[definition.rule])
+    usecols = ["participant_id", "visit_id", "assessment_id", "kind", "visit_date", "visit_status", "activity_due"]
+    dtypes = {name: _ASSESSMENT_DTYPES.get(name, "float64") for name in usecols + inputs}
+    table = pd.read_csv(io.BytesIO(frame.csv), usecols=usecols + inputs, dtype=dtypes, keep_default_na=True)
+    for name in UNIT_COLUMNS.intersection(inputs):
+        table[name] = table[name].fillna("")
+    pids = table["participant_id"].to_numpy()
+    infusion_of = pd.Series(participants["infusion"].to_numpy(), index=participants["participant_id"].to_numpy())
+    has_input = table["assessment_id"].notna().to_numpy()
+    owed = ((table["kind"] == "scheduled") & (table["activity_due"] == "t")).to_numpy()
+    keep = np.isin(pids, participants["participant_id"].to_numpy()) & (has_input | owed)
+    table = table[keep].reset_index(drop=True)
+    has_input = has_input[keep]
+    n = len(table)
+    day = _ordinals(table["visit_date"])
+    infusion = infusion_of.reindex(table["participant_id"].to_numpy()).to_numpy()
+    adequate = np.zeros(n, dtype=bool)
+    status = np.full(n, -1, dtype=np.int8)
+    derived = np.full(n, "{}", dtype=object)
+    note = ("no assessment: visit " + table["visit_status"].astype(str)).to_numpy(dtype=object)
+    fallback = 0
+    if has_input.any():
+        evaluated = evaluate_frame(definition, table.loc[has_input, inputs])
+        adequate[has_input], status[has_input] = evaluated.adequate, evaluated.status
+        derived[has_input], note[has_input] = evaluated.derived, evaluated.note
+        fallback = evaluated.fallback_rows
+    baseline = day <= infusion
+    base_note = "baseline (day 0): the reference, not an outcome"
+    note[baseline] = np.where(note[baseline] == "", base_note, base_note + "; " + note[baseline].astype(str))
+    # A second adequate assessment on a date already used (frame order: scheduled visits first).
+    candidates = adequate & ~baseline
+    keys = pd.DataFrame({"p": table["participant_id"].to_numpy()[candidates], "d": day[candidates]})
+    repeated = np.zeros(n, dtype=bool)
+    repeated[np.flatnonzero(candidates)[keys.duplicated().to_numpy()]] = True
+    adequate[repeated], status[repeated] = False, -1
+    note[repeated] = "another assessment on the same date is used"
+    result = pd.DataFrame(
+        {
+            "participant_id": table["participant_id"].to_numpy(),
+            "visit_id": table["visit_id"].to_numpy(),
+            "assessment_id": table["assessment_id"].astype("Int64"),
+            "visit_date": table["visit_date"].to_numpy(),
+            "study_day": (day - infusion).astype("int64"),
+            "adequate": adequate,
+            "status": status,
+            "derived": derived,
+            "note": note,
+            "day": day,
+            "baseline": baseline,
+        }
+    )
+    return result, fallback
+
+
+def _per_row_assessments(
     frames: Mapping[str, Frame],
+    participants: pd.DataFrame,
     *,
     indication: str,
     definition: RemissionDefinition,
     sap: SAPOptions,
-    follow_up_days: int,
-    cut_date: dt.date,
-    endpoint: str,
-    on_assessment: Callable[[RemissionRow], None] | None = None,
-) -> DerivedCut:
-    """Derive remission per assessment and one time-to-event row per participant.
-
-    Streams the assessments frame participant by participant (it is sorted by participant), so memory
-    stays proportional to one participant's visits plus the output records. ``on_assessment`` receives
-    every derived assessment (the caller may store it). Records are in participant-id order.
-    """
-    if endpoint not in ENDPOINTS:
-        raise ValueError(f"unknown endpoint {endpoint!r}")
-    rule_form = SUPPORTED_RULES.get(definition.rule)
-    if rule_form is None:
-        raise ValueError(f"remission rule {definition.rule!r} cannot be derived from the casebook")
-    participants = {
-        info.participant_id: info for info in map(ParticipantInfo.from_record, frames["participants"].records())
-    }
+) -> pd.DataFrame:
+    """The same table for the rules evaluated row by row (NEDA-3 spans visits; MMTT spans samples)."""
+    rule_form = SUPPORTED_RULES[definition.rule]
+    infos = {info.participant_id: info for info in map(ParticipantInfo.from_record, frames["participants"].records())}
     mmtt = _grouped(frames.get("mmtt"), "visit_id")
     mri = _grouped(frames.get("mri"), "participant_id")
     relapses = _grouped(frames.get("relapses"), "participant_id")
+    insulin = (
+        {
+            pid: [(dt.date.fromisoformat(r["effective_date"]), r["total_daily_units"]) for r in changes]
+            for pid, changes in _grouped(frames.get("insulin"), "participant_id").items()
+        }
+        if definition.rule == "insulin_independence"
+        else None
+    )
     evaluate = _Evaluator(definition)
     fields = _INPUT_FIELDS[indication]
-    result = DerivedCut()
-
+    rows: list[RemissionRow] = []
     reader = csv.reader(io.TextIOWrapper(io.BytesIO(frames["assessments"].csv), encoding="utf-8", newline=""))
     header = next(reader)
     col = {name: i for i, name in enumerate(header)}
     i_pid = col["participant_id"]
-    # Both frames are sorted by participant id: walk them together (a merge join), one participant's
-    # assessments in memory at a time.
+    # Both frames are sorted by participant id: walk them together (a merge join).
     groups = groupby(reader, key=lambda row: int(row[i_pid]))
     pending = next(groups, None)
-    for pid in sorted(participants):
+    for pid in participants["participant_id"].tolist():
         while pending is not None and pending[0] < pid:
             pending = next(groups, None)  # assessments of a participant outside the cut (not infused)
-        rows = list(pending[1]) if pending is not None and pending[0] == pid else []
-        info = participants[pid]
-        visits = _derive_visits(
-            info, rows, col, rule_form, fields, evaluate, result, on_assessment, mmtt, mri, relapses, sap, indication
+        visit_rows = list(pending[1]) if pending is not None and pending[0] == pid else []
+        _derive_visits(
+            infos[pid],
+            visit_rows,
+            col,
+            rule_form,
+            fields,
+            evaluate,
+            rows.append,
+            mmtt,
+            mri,
+            relapses,
+            sap,
+            indication,
+            None if insulin is None else insulin.get(pid, []),
         )
-        record = _participant_record(info, visits, sap, follow_up_days, cut_date, endpoint, relapses.get(pid, ()))
-        if record is None:
-            result.excluded += 1
-        else:
-            result.records.append(record)
-    result.distinct_inputs_evaluated = len(evaluate.memo)
-    return result
+    table = pd.DataFrame(
+        [
+            (
+                r.participant_id,
+                r.visit_id,
+                r.assessment_id,
+                r.visit_date.isoformat(),
+                r.study_day,
+                r.adequate,
+                -1 if r.in_remission is None else int(r.in_remission),
+                r.derived_json,
+                r.note,
+                r.visit_date.toordinal(),
+                r.study_day <= 0,
+            )
+            for r in rows
+        ],
+        columns=[*ASSESSMENT_COLUMNS[:6], "status", "derived", "note", "day", "baseline"],
+    )
+    table["assessment_id"] = table["assessment_id"].astype("Int64")
+    return table
 
 
 def _derive_visits(
@@ -545,15 +694,15 @@ def _derive_visits(
     rule_form: str,
     fields: tuple[str, ...],
     evaluate: _Evaluator,
-    result: DerivedCut,
-    on_assessment: Callable[[RemissionRow], None] | None,
+    on_assessment: Callable[[RemissionRow], None],
     mmtt: Mapping[int, list[dict[str, str]]],
     mri: Mapping[int, list[dict[str, str]]],
     relapses: Mapping[int, list[dict[str, str]]],
     sap: SAPOptions,
     indication: str,
-) -> list[VisitRemission]:
-    """Remission at each of one participant's assessment visits, in date order (one per date)."""
+    insulin_log: list[tuple[dt.date, str]] | None = None,
+) -> None:
+    """Remission at each of one participant's visits that has or owes the inputs, in frame order."""
     pid = info.participant_id
     i_vid, i_aid, i_date, i_status, i_kind = (
         col["visit_id"],
@@ -569,7 +718,6 @@ def _derive_visits(
     ms_context = (
         _ms_context(info, rows, col, mri.get(pid, ()), relapses.get(pid, ()), sap) if indication == "MS" else None
     )
-    visits: list[VisitRemission] = []
     used_dates: set[dt.date] = set()
     for row in rows:
         has_input = row[i_input] not in ("", "f")
@@ -588,6 +736,16 @@ def _derive_visits(
             )
         elif ms_context is not None:
             adequate, status, derived, note = evaluate(None, lambda day=visit_date: ms_context.inputs(day))
+        elif insulin_log is not None:
+            free = insulin_free_days_from_log(insulin_log, as_of=visit_date)
+            key = (*(row[i] for i in i_fields), free)
+            adequate, status, derived, note = evaluate(
+                key,
+                lambda key=key: {
+                    **{name: (value or None) for name, value in zip(fields, key[:-1], strict=True)},
+                    "insulin_free_days": key[-1],
+                },
+            )
         else:
             key = tuple([row[i] for i in i_fields])
             adequate, status, derived, note = evaluate(
@@ -601,36 +759,19 @@ def _derive_visits(
             adequate, status, note = False, None, "another assessment on the same date is used"
         if adequate and not baseline:
             used_dates.add(visit_date)
-            result.adequate += 1
-        result.assessments += 1
-        if on_assessment is not None:
-            on_assessment(
-                RemissionRow(
-                    participant_id=pid,
-                    visit_id=int(row[i_vid]),
-                    assessment_id=int(row[i_aid]) if row[i_aid] else None,
-                    visit_date=visit_date,
-                    study_day=(visit_date - info.infusion_date).days,
-                    adequate=adequate,
-                    in_remission=status,
-                    derived_json=derived,
-                    note=note,
-                )
+        on_assessment(
+            RemissionRow(
+                participant_id=pid,
+                visit_id=int(row[i_vid]),
+                assessment_id=int(row[i_aid]) if row[i_aid] else None,
+                visit_date=visit_date,
+                study_day=(visit_date - info.infusion_date).days,
+                adequate=adequate,
+                in_remission=status,
+                derived_json=derived,
+                note=note,
             )
-        if not baseline:
-            visits.append(VisitRemission(visit_date, status, adequate))
-    # Two inadequate rows on one date (e.g. an overdue visit and an empty unscheduled one) would make
-    # the episode algorithm refuse the participant; one of them says the same as both.
-    return _one_per_date(visits)
-
-
-def _one_per_date(visits: list[VisitRemission]) -> list[VisitRemission]:
-    chosen: dict[dt.date, VisitRemission] = {}
-    for visit in visits:
-        current = chosen.get(visit.visit_date)
-        if current is None or (visit.adequate and not current.adequate):
-            chosen[visit.visit_date] = visit
-    return sorted(chosen.values(), key=lambda v: v.visit_date)
+        )
 
 
 def _mmtt_inputs(samples: Iterable[Mapping[str, str]]) -> list[dict[str, Any]]:
@@ -688,63 +829,142 @@ def _ms_context(
     )
 
 
-def _participant_record(
-    info: ParticipantInfo,
-    visits: list[VisitRemission],
+def _relapses_table(frame: Frame | None) -> pd.DataFrame:
+    if frame is None or frame.rows == 0:
+        return pd.DataFrame({"participant_id": np.array([], dtype="int64"), "day": np.array([], dtype="int64")})
+    table = pd.read_csv(io.BytesIO(frame.csv), dtype=str, keep_default_na=False)
+    return pd.DataFrame(
+        {
+            "participant_id": table["participant_id"].astype("int64"),
+            "day": _ordinals(table["onset_date"]).astype("int64"),
+        }
+    )
+
+
+def _outcome_visits(rows: pd.DataFrame) -> pd.DataFrame:
+    """The post-baseline visits of each participant, one per date: an adequate assessment if that
+    date has one (an overdue visit and an empty unscheduled one on the same date say the same)."""
+    post = rows.loc[~rows["baseline"].to_numpy(), ["participant_id", "day", "adequate", "status"]]
+    post = post.assign(_inadequate=~post["adequate"], _order=np.arange(len(post)))
+    post = post.sort_values(["participant_id", "day", "_inadequate", "_order"], kind="mergesort")
+    post = post.drop_duplicates(["participant_id", "day"], keep="first")
+    return pd.DataFrame(
+        {
+            "participant_id": post["participant_id"].to_numpy(),
+            "day": post["day"].to_numpy().astype("int64"),
+            "adequate": post["adequate"].to_numpy(),
+            "in_remission": (post["status"] == 1).to_numpy(),
+        }
+    )
+
+
+def derive(
+    frames: Mapping[str, Frame],
+    *,
+    indication: str,
+    definition: RemissionDefinition,
     sap: SAPOptions,
     follow_up_days: int,
     cut_date: dt.date,
     endpoint: str,
-    relapses: Iterable[Mapping[str, str]],
-) -> dict[str, Any] | None:
-    cutoff = administrative_cutoff(info.infusion_date, follow_up_days=follow_up_days, data_cut_date=cut_date)
-    follow_up = FollowUp(
-        infusion_date=info.infusion_date,
-        cutoff_date=cutoff,
-        visits=visits,
-        relapse_dates=tuple(dt.date.fromisoformat(r["onset_date"]) for r in relapses),
-        death_date=info.death_date,
-        retreatment_date=info.retreatment_date,
-        withdrawal_date=info.withdrawal_date,
-    )
-    if endpoint == "time_to_relapse":
-        row: TimeToEventRow | None = time_to_relapse(follow_up, sap.rules)
+    on_assessment: Callable[[RemissionRow], None] | None = None,
+    with_assessments: bool = False,
+) -> DerivedCut:
+    """Derive remission per assessment and one time-to-event row per participant.
+
+    The table rules (RA indices, IDAA1c, insulin dose) are evaluated for the whole frame at once
+    (:mod:`analytics.rules_vectorised`); NEDA-3 and MMTT row by row. The participant-level outcomes
+    come from :func:`analytics.outcomes_vectorised.participant_outcomes`, which equals the scalar
+    reference :func:`analytics.derivations.participant_outcome`. ``with_assessments`` keeps the
+    per-assessment table (for ``RemissionAssessment``); ``on_assessment`` receives each row.
+    """
+    if endpoint not in ENDPOINTS:
+        raise ValueError(f"unknown endpoint {endpoint!r}")
+    if definition.rule not in SUPPORTED_RULES:
+        raise ValueError(f"remission rule {definition.rule!r} cannot be derived from the casebook")
+    participants = _participants_table(frames["participants"], follow_up_days=follow_up_days, cut_date=cut_date)
+    if definition.rule in VECTORISED_RULES:
+        rows, fallback = _table_rule_assessments(frames["assessments"], participants, definition)
     else:
-        row = duration_of_remission(follow_up, sap.rules, death_is_event=sap.dor_death_is_event)
-    if row is None:
-        return None
-    last_day = min(cutoff, info.withdrawal_date) if info.withdrawal_date else cutoff
-    window = [v for v in visits if info.infusion_date <= v.visit_date <= last_day]
-    episodes = remission_episodes(window, sap.rules.episodes)
-    return {
-        "participant_id": info.participant_id,
-        "subject_code": info.subject_code,
-        "site_code": info.site_code,
-        "cohort_number": info.cohort_number,
-        "cohort_label": info.cohort_label,
-        "dose_per_kg": float(info.dose_per_kg) if info.dose_per_kg is not None else None,
-        "infusion_date": info.infusion_date,
-        "cutoff_date": cutoff,
-        "paramcd": row.paramcd,
-        "origin_date": row.origin_date,
-        "end_date": row.end_date,
-        "duration": row.duration_days,
-        "event": row.event,
-        "event_code": row.event_code,
-        "cr_duration": row.cr_duration_days,
-        "lower": row.interval_lower_days,
-        "upper": math.inf if row.interval_upper_days is None else row.interval_upper_days,
-        "reason": row.reason,
-        "assessments": len(visits),
-        "adequate_assessments": sum(1 for v in visits if v.adequate),
-        "responder": bool(episodes),
-        "days_in_remission": days_in_remission(episodes, start=info.infusion_date, end=cutoff),
-    }
+        rows = _per_row_assessments(frames, participants, indication=indication, definition=definition, sap=sap)
+        fallback = 0
+    outcomes = participant_outcomes(
+        participants,
+        _outcome_visits(rows),
+        _relapses_table(frames.get("relapses")),
+        sap.rules,
+        endpoint=endpoint,
+        dor_death_is_event=sap.dor_death_is_event,
+        landmarks=LANDMARK_DAYS,
+    )
+    included = outcomes["included"].to_numpy(dtype=bool)
+    kept, out = participants[included], outcomes[included]
+    table = pd.DataFrame(
+        {
+            "participant_id": kept["participant_id"].to_numpy(),
+            "subject_code": kept["subject_code"].to_numpy(),
+            "site_code": kept["site_code"].to_numpy(),
+            "cohort_number": kept["cohort_number"].to_numpy(),
+            "cohort_label": kept["cohort_label"].to_numpy(),
+            "dose_per_kg": kept["dose_per_kg"].to_numpy(),
+            "infusion_date": _dates(kept["infusion"].to_numpy()),
+            "cutoff_date": _dates(kept["cutoff"].to_numpy()),
+            "paramcd": ENDPOINTS[endpoint],
+            "origin_date": _dates(out["origin"].to_numpy(dtype=float)),
+            "end_date": _dates(out["end"].to_numpy(dtype=float)),
+            "duration": out["duration"].to_numpy(dtype="int64"),
+            "event": out["event"].to_numpy(dtype="int64"),
+            "event_code": out["event_code"].to_numpy(dtype="int64"),
+            "cr_duration": out["cr_duration"].to_numpy(dtype="int64"),
+            "lower": out["lower"].to_numpy(dtype="int64"),
+            "upper": out["upper"].to_numpy(dtype=float),
+            "reason": out["reason"].to_numpy(dtype=object),
+            "assessments": out["assessments"].to_numpy(dtype="int64"),
+            "adequate_assessments": out["adequate_assessments"].to_numpy(dtype="int64"),
+            "responder": out["responder"].to_numpy(dtype=bool),
+            "days_in_remission": out["days_in_remission"].to_numpy(dtype="int64"),
+            "onset_day": pd.array(out["onset_day"].to_numpy(dtype=float), dtype="Int64"),
+            "exit_day": out["exit_day"].to_numpy(dtype="int64"),
+            "exit_event": out["exit_event"].to_numpy(dtype="int64"),
+        }
+    )
+    for i, column in enumerate(LANDMARK_COLUMNS):
+        table[column] = out[f"landmark_{i}"].to_numpy(dtype=bool)
+    result = DerivedCut(
+        table=table,
+        excluded=int((~included).sum()),
+        assessments=len(rows),
+        adequate=int((rows["adequate"] & ~rows["baseline"]).sum()),
+        fallback_rows=fallback,
+    )
+    if with_assessments or on_assessment is not None:
+        stored = rows[ASSESSMENT_COLUMNS[:6] + ["derived", "note"]].copy()
+        stored.insert(6, "in_remission", pd.array(np.where(rows["status"] < 0, None, rows["status"] == 1), "boolean"))
+        result.assessments_table = stored if with_assessments else None
+        if on_assessment is not None:
+            for r in stored.itertuples(index=False):
+                on_assessment(
+                    RemissionRow(
+                        participant_id=int(r.participant_id),
+                        visit_id=int(r.visit_id),
+                        assessment_id=None if pd.isna(r.assessment_id) else int(r.assessment_id),
+                        visit_date=dt.date.fromisoformat(r.visit_date),
+                        study_day=int(r.study_day),
+                        adequate=bool(r.adequate),
+                        in_remission=None if pd.isna(r.in_remission) else bool(r.in_remission),
+                        derived_json=r.derived,
+                        note=r.note,
+                    )
+                )
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
 # The participant-level analysis frame
 # ---------------------------------------------------------------------------------------------
+
+# In remission at 3 and 6 months (derivations.LANDMARK_DAYS), for the landmark analyses.
+LANDMARK_COLUMNS = ("remission_at_3m", "remission_at_6m")
 
 FRAME_COLUMNS = [
     "participant_id",
@@ -771,6 +991,10 @@ FRAME_COLUMNS = [
     "adequate_assessments",
     "responder",
     "days_in_remission",
+    "onset_day",
+    "exit_day",
+    "exit_event",
+    *LANDMARK_COLUMNS,
 ]
 
 
@@ -779,14 +1003,19 @@ def cohort_group_label(number: int, label: str) -> str:
 
 
 def analysis_frame(
-    records: list[dict[str, Any]], *, grouping: str, allocation: Mapping[int, str] | None = None
+    records: pd.DataFrame | list[dict[str, Any]], *, grouping: str, allocation: Mapping[int, str] | None = None
 ) -> pd.DataFrame:
     """The participant-level frame for ``analytics.survival``, one row per participant, sorted by id.
 
     ``group`` is empty (pooled), the dose cohort, or the randomized arm (``allocation``: participant id
     → arm; only for unblinded users). ``log10_dose`` is the Cox covariate (planned cells/kg).
     """
-    frame = pd.DataFrame.from_records(records, columns=[c for c in FRAME_COLUMNS if c not in ("group", "log10_dose")])
+    columns = [c for c in FRAME_COLUMNS if c not in ("group", "log10_dose")]
+    frame = (
+        records[columns].copy()
+        if isinstance(records, pd.DataFrame)
+        else pd.DataFrame.from_records(records, columns=columns)
+    )
     frame = frame.sort_values("participant_id", kind="mergesort").reset_index(drop=True)
     frame["log10_dose"] = [math.log10(d) if d and d > 0 else math.nan for d in frame["dose_per_kg"]]
     if grouping == "pooled":

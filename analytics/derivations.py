@@ -21,8 +21,9 @@ thresholds *unrounded*; see :mod:`analytics.units` for why floats are not used.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
@@ -192,6 +193,24 @@ def consecutive_insulin_free_days(daily_doses: Mapping[dt.date, Number], *, as_o
         days += 1
         day -= dt.timedelta(days=1)
     return days
+
+
+def insulin_free_days_from_log(changes: Sequence[tuple[dt.date, Number]], *, as_of: dt.date) -> int | None:
+    """Consecutive insulin-free days ending on ``as_of`` (inclusive) from a dose log kept as dated
+    changes of the total daily dose (a step function: each change holds until the next one; 0 means
+    insulin stopped). ``None`` when nothing is logged on or before ``as_of`` (unknown, not zero).
+    Equals :func:`consecutive_insulin_free_days` on the log expanded to one entry per day."""
+    logged = sorted((day, non_negative(units, "insulin dose")) for day, units in changes if day <= as_of)
+    if not logged:
+        return None
+    if logged[-1][1] != 0:
+        return 0
+    start = logged[-1][0]
+    for day, units in reversed(logged):
+        if units != 0:
+            break
+        start = day
+    return (as_of - start).days + 1
 
 
 def insulin_independent(
@@ -1179,14 +1198,34 @@ class EventCode(IntEnum):
     RELAPSE = 1
     DEATH = 2
     RETREATMENT = 3
+    RESCUE = 4
+
+
+class RescueStrategy(StrEnum):
+    """How the start of a rescue therapy (or a new disease-modifying therapy) enters the durability
+    endpoints: an intercurrent event, handled per ICH E9(R1) as the SAP says.
+
+    * ``EVENT`` (composite): rescue ends remission; it is an event of time to relapse (coded 4).
+    * ``COMPETING`` (while on treatment): the KM row is censored at the last adequate assessment on or
+      before the rescue start; Aalen–Johansen sees rescue as a competing event (coded 4) at its date.
+    * ``CENSOR`` (hypothetical): follow-up ends at the rescue start, like a withdrawal: censored at the
+      last adequate assessment on or before it, for both KM and Aalen–Johansen.
+    * ``IGNORE`` (treatment policy): assessments after rescue count like any other.
+    """
+
+    EVENT = "event"
+    COMPETING = "competing"
+    CENSOR = "censor"
+    IGNORE = "ignore"
 
 
 @dataclass(frozen=True)
 class FollowUp:
     """One participant's follow-up, as dates. ``cutoff_date`` is the administrative cut (see
     :func:`administrative_cutoff`); nothing after it is used. ``relapse_dates`` are events dated outside
-    the visit grid (e.g. MS ``Relapse.onset_date``). ``retreatment_date`` covers retreatment, rescue
-    therapy and a new DMT."""
+    the visit grid (e.g. MS ``Relapse.onset_date``). ``retreatment_date`` is a further infusion of the
+    cell product; ``rescue_date`` the first start of a rescue therapy or new DMT (see
+    :class:`RescueStrategy`)."""
 
     infusion_date: dt.date
     cutoff_date: dt.date
@@ -1195,6 +1234,7 @@ class FollowUp:
     death_date: dt.date | None = None
     retreatment_date: dt.date | None = None
     withdrawal_date: dt.date | None = None
+    rescue_date: dt.date | None = None
 
 
 @dataclass(frozen=True)
@@ -1206,6 +1246,7 @@ class DurabilityRules:
     missed_visits_censor_threshold: int = 2
     death_is_event: bool = False
     retreatment_is_event: bool = False
+    rescue: RescueStrategy = RescueStrategy.EVENT
 
 
 @dataclass(frozen=True)
@@ -1333,31 +1374,62 @@ def _row(
     )
 
 
-def _in_follow_up(follow_up: FollowUp) -> tuple[list[VisitRemission], dt.date, bool]:
-    """Visits inside the analysis window, the last day of the window, and whether anything was cut."""
+def _rescue_ends_follow_up(follow_up: FollowUp, rules: DurabilityRules) -> bool:
+    return (
+        rules.rescue == RescueStrategy.CENSOR
+        and follow_up.rescue_date is not None
+        and follow_up.infusion_date <= follow_up.rescue_date <= follow_up.cutoff_date
+    )
+
+
+def _in_follow_up(follow_up: FollowUp, rules: DurabilityRules) -> tuple[list[VisitRemission], dt.date, bool]:
+    """Visits inside the analysis window, the last day of the window, and whether anything was cut.
+    The window ends at the cut-off, at withdrawal, and at a rescue start under the hypothetical
+    strategy (assessments on that day are kept: they are what prompted the rescue)."""
     last_day = follow_up.cutoff_date
     if follow_up.withdrawal_date is not None:
         last_day = min(last_day, follow_up.withdrawal_date)
+    if _rescue_ends_follow_up(follow_up, rules):
+        last_day = min(last_day, follow_up.rescue_date)
     visits = [v for v in follow_up.visits if follow_up.infusion_date <= v.visit_date <= last_day]
     dated = [v.visit_date for v in follow_up.visits] + list(follow_up.relapse_dates)
-    dated += [d for d in (follow_up.death_date, follow_up.retreatment_date) if d is not None]
+    dated += [d for d in (follow_up.death_date, follow_up.retreatment_date, follow_up.rescue_date) if d is not None]
     cut = any(d > follow_up.cutoff_date for d in dated)
     return visits, last_day, cut
 
 
-def _censor_note(follow_up: FollowUp, cut: bool) -> str:
-    if follow_up.withdrawal_date is not None and follow_up.withdrawal_date <= follow_up.cutoff_date:
+def _censor_note(follow_up: FollowUp, cut: bool, rules: DurabilityRules) -> str:
+    withdrawn = follow_up.withdrawal_date is not None and follow_up.withdrawal_date <= follow_up.cutoff_date
+    rescued = _rescue_ends_follow_up(follow_up, rules)
+    if withdrawn and (not rescued or follow_up.withdrawal_date < follow_up.rescue_date):
         return " (withdrawn or lost to follow-up)"
+    if rescued:
+        return " (rescue therapy: hypothetical strategy)"
     return f" (administrative cut-off {follow_up.cutoff_date.isoformat()})" if cut else ""
 
 
-def _competing(follow_up: FollowUp, start: dt.date, last_day: dt.date) -> list[_Candidate]:
+def _competing(follow_up: FollowUp, start: dt.date, last_day: dt.date, rules: DurabilityRules) -> list[_Candidate]:
     result = []
     if follow_up.death_date is not None and start <= follow_up.death_date <= last_day:
         result.append(_Candidate(follow_up.death_date, EventCode.DEATH, "death"))
     if follow_up.retreatment_date is not None and start <= follow_up.retreatment_date <= last_day:
         result.append(_Candidate(follow_up.retreatment_date, EventCode.RETREATMENT, "retreatment"))
+    rescue = follow_up.rescue_date
+    counted = rules.rescue in (RescueStrategy.EVENT, RescueStrategy.COMPETING)
+    if counted and rescue is not None and start <= rescue <= last_day:
+        result.append(_Candidate(rescue, EventCode.RESCUE, "rescue therapy"))
     return result
+
+
+def _event_codes(rules: DurabilityRules, *, death_is_event: bool) -> frozenset[EventCode]:
+    codes = {EventCode.RELAPSE}
+    if death_is_event:
+        codes.add(EventCode.DEATH)
+    if rules.retreatment_is_event:
+        codes.add(EventCode.RETREATMENT)
+    if rules.rescue == RescueStrategy.EVENT:
+        codes.add(EventCode.RESCUE)
+    return frozenset(codes)
 
 
 def _previous_adequate(visits: Sequence[VisitRemission], day: dt.date) -> dt.date | None:
@@ -1380,7 +1452,7 @@ def time_to_relapse(follow_up: FollowUp, rules: DurabilityRules) -> TimeToEventR
     Relapse and a competing event on the same day count as relapse.
     """
     origin = follow_up.infusion_date
-    visits, last_day, cut = _in_follow_up(follow_up)
+    visits, last_day, cut = _in_follow_up(follow_up, rules)
     episodes = remission_episodes(visits, rules.episodes)
     candidates: list[_Candidate] = []
     if episodes and episodes[0].loss_date is not None:
@@ -1403,20 +1475,15 @@ def time_to_relapse(follow_up: FollowUp, rules: DurabilityRules) -> TimeToEventR
                         first, EventCode.RELAPSE, "never in remission: failure at first adequate assessment", origin
                     )
                 )
-    candidates += _competing(follow_up, origin, last_day)
-    codes = {EventCode.RELAPSE}
-    if rules.death_is_event:
-        codes.add(EventCode.DEATH)
-    if rules.retreatment_is_event:
-        codes.add(EventCode.RETREATMENT)
+    candidates += _competing(follow_up, origin, last_day, rules)
     return _row(
         paramcd="TTREL",
         origin=origin,
         visits=visits,
         candidates=candidates,
         rules=rules,
-        event_codes=frozenset(codes),
-        censor_note=_censor_note(follow_up, cut),
+        event_codes=_event_codes(rules, death_is_event=rules.death_is_event),
+        censor_note=_censor_note(follow_up, cut, rules),
     )
 
 
@@ -1426,8 +1493,8 @@ def duration_of_remission(
     """DOR: from the onset of the first remission episode to its loss or death (DOMAIN.md Part B §2),
     responders only (``None`` otherwise). Descriptive: responder-only comparisons between arms are
     biased (Part B §2). Censoring as for :func:`time_to_relapse`; retreatment is an event only if
-    ``rules.retreatment_is_event``."""
-    visits, last_day, cut = _in_follow_up(follow_up)
+    ``rules.retreatment_is_event``, rescue per ``rules.rescue``."""
+    visits, last_day, cut = _in_follow_up(follow_up, rules)
     episodes = remission_episodes(visits, rules.episodes)
     if not episodes:
         return None
@@ -1440,18 +1507,94 @@ def duration_of_remission(
     relapse = min((d for d in follow_up.relapse_dates if onset < d <= last_day), default=None)
     if relapse is not None:
         candidates.append(_Candidate(relapse, EventCode.RELAPSE, "relapse"))
-    candidates += _competing(follow_up, onset, last_day)
-    codes = {EventCode.RELAPSE}
-    if death_is_event:
-        codes.add(EventCode.DEATH)
-    if rules.retreatment_is_event:
-        codes.add(EventCode.RETREATMENT)
+    candidates += _competing(follow_up, onset, last_day, rules)
     return _row(
         paramcd="DOR",
         origin=onset,
         visits=after_onset,
         candidates=candidates,
         rules=rules,
-        event_codes=frozenset(codes),
-        censor_note=_censor_note(follow_up, cut),
+        event_codes=_event_codes(rules, death_is_event=death_is_event),
+        censor_note=_censor_note(follow_up, cut, rules),
+    )
+
+
+# Landmarks of DOMAIN.md Part B §2 (3 and 6 months, on the protocol-day clock).
+LANDMARK_DAYS: tuple[float, ...] = (91.3125, 182.625)
+
+
+@dataclass(frozen=True)
+class ParticipantOutcome:
+    """Everything the analyses need of one participant, besides who they are.
+
+    * ``row``: the endpoint's time-to-event row.
+    * ``onset_day``/``exit_day``/``exit_event``: the progressive three-state history used for the
+      probability of being in remission (0 "not yet in remission" → 1 "in remission" → 2 "relapsed"):
+      first remission onset (days from infusion; ``None`` if never, or not before leaving), and the
+      time-to-relapse row with non-responders censored (so the curve does not depend on that SAP
+      choice).
+    * ``in_remission_at_landmark``: in a remission episode at each of :data:`LANDMARK_DAYS` (the last
+      adequate assessment on or before it was in an episode).
+    * ``days_in_remission``: observed days in remission from infusion to the cut-off (descriptive; the
+      estimator that handles censoring is the area under the probability-in-remission curve).
+    """
+
+    row: TimeToEventRow
+    assessments: int
+    adequate_assessments: int
+    responder: bool
+    days_in_remission: int
+    onset_day: int | None
+    exit_day: int
+    exit_event: int
+    in_remission_at_landmark: tuple[bool, ...]
+
+
+def participant_outcome(
+    follow_up: FollowUp,
+    rules: DurabilityRules,
+    *,
+    endpoint: str = "time_to_relapse",
+    dor_death_is_event: bool = True,
+    landmarks: Sequence[float] = LANDMARK_DAYS,
+) -> ParticipantOutcome | None:
+    """One participant's outcome for ``endpoint`` (``time_to_relapse`` or ``duration_of_remission``);
+    ``None`` when the SAP excludes them (a non-responder under ``exclude``, anyone without remission
+    for DOR)."""
+    if endpoint == "time_to_relapse":
+        row = time_to_relapse(follow_up, rules)
+    elif endpoint == "duration_of_remission":
+        row = duration_of_remission(follow_up, rules, death_is_event=dor_death_is_event)
+    else:
+        raise ValueError(f"unknown endpoint {endpoint!r}")
+    if row is None:
+        return None
+    visits, last_day, _cut = _in_follow_up(follow_up, rules)
+    end = follow_up.cutoff_date
+    if rules.rescue != RescueStrategy.IGNORE and follow_up.rescue_date is not None:
+        # Remission "while on treatment" ends when rescue starts, whatever the endpoint's strategy.
+        end = min(end, follow_up.rescue_date)
+        visits = [v for v in visits if v.visit_date <= follow_up.rescue_date]
+    episodes = remission_episodes(visits, rules.episodes)
+    itt = row
+    if endpoint != "time_to_relapse" or (not episodes and rules.non_responders != NonResponderPolicy.CENSOR):
+        itt = time_to_relapse(follow_up, replace(rules, non_responders=NonResponderPolicy.CENSOR))
+    origin = follow_up.infusion_date
+    onset_day = (episodes[0].onset_date - origin).days if episodes else None
+    if onset_day is not None and (onset_day > itt.duration_days or (onset_day == itt.duration_days and itt.event)):
+        onset_day = None  # left "not yet in remission" for good before the onset (e.g. a dated relapse)
+    status = []
+    for landmark in landmarks:
+        day = origin + dt.timedelta(days=math.floor(landmark))
+        status.append(any(e.onset_date <= day and (e.loss_date is None or e.loss_date > day) for e in episodes))
+    return ParticipantOutcome(
+        row=row,
+        assessments=len(follow_up.visits),
+        adequate_assessments=sum(1 for v in follow_up.visits if v.adequate),
+        responder=bool(episodes),
+        days_in_remission=days_in_remission(episodes, start=origin, end=end),
+        onset_day=onset_day,
+        exit_day=itt.duration_days,
+        exit_event=itt.event,
+        in_remission_at_landmark=tuple(status),
     )

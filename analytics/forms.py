@@ -8,7 +8,7 @@ from django import forms
 
 from analytics.datacut import SUPPORTED_RULES
 from analytics.derivations import NonResponderPolicy, RemissionDefinition
-from analytics.spec import CI_TRANSFORMS, ENDPOINT_LABELS, GROUPINGS
+from analytics.spec import CI_TRANSFORMS, ENDPOINT_LABELS, GROUPINGS, MAX_DEBUG_SLEEP_SECONDS, debug_sleep_allowed
 
 
 def rules_for(indication: str) -> list[str]:
@@ -79,10 +79,17 @@ class RequestForm(forms.Form):
     def __init__(self, *args, cuts, sees_arm: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["data_cut"].choices = [(cut.pk, str(cut)) for cut in cuts]
+        if debug_sleep_allowed():  # test deployments only: hold the job to watch its progress
+            self.fields["debug_sleep_seconds"] = forms.IntegerField(
+                min_value=0, max_value=MAX_DEBUG_SLEEP_SECONDS, required=False, label="Test option: hold (seconds)"
+            )
         groupings = {k: v for k, v in GROUPINGS.items() if k != "arm" or sees_arm}
         self.fields["grouping"].choices = list(groupings.items())
         self.fields["grouping"].initial = "cohort"
 
     def spec(self) -> dict:
         data = self.cleaned_data
-        return {k: data[k] for k in ("endpoint", "grouping", "ci_transform", "horizon_days")}
+        spec = {k: data[k] for k in ("endpoint", "grouping", "ci_transform", "horizon_days")}
+        if data.get("debug_sleep_seconds"):
+            spec["debug_sleep_seconds"] = data["debug_sleep_seconds"]
+        return spec

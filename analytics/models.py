@@ -155,6 +155,8 @@ class AnalysisResult(models.Model):
     km_png = models.BinaryField()
     cif_svg = models.TextField()
     cif_png = models.BinaryField()
+    pir_svg = models.TextField(blank=True, default="")
+    pir_png = models.BinaryField(default=b"")
     compute_seconds = models.FloatField()
     created_at = models.DateTimeField(auto_now_add=True)
 

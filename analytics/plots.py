@@ -85,3 +85,24 @@ def cif_plot(frame: pd.DataFrame, numbers: dict[str, Any], *, title: str, horizo
         followed = _fitters(frame, "cr_duration", (frame["event_code"] != 0).astype(int))
         add_at_risk_counts(*followed, ax=ax, fig=fig, rows_to_show=["At risk"])
     return _render(fig)
+
+
+def pir_plot(numbers: dict[str, Any], *, title: str, horizon: float) -> tuple[str, bytes]:
+    """Probability of being in remission over time per group (multi-state Aalen–Johansen), with the
+    mean time in remission to the horizon in the legend. Empty strings when it was not estimated."""
+    pir = numbers.get("probability_in_remission") or {}
+    if not pir.get("groups"):
+        return "", b""
+    fig, ax = _axes(title, "Probability in remission", horizon)
+    with matplotlib.rc_context(_RC):
+        for group in pir["groups"]:
+            times = [0.0] + [s["time"] for s in group["curve"]] + [horizon]
+            values = [0.0] + [s["in_remission"] or 0.0 for s in group["curve"]]
+            values.append(values[-1])
+            mean = group["mean_time_in_remission"]
+            label = (
+                f"{group['group'] or 'All'} (mean {mean:.0f} d in remission)" if mean is not None else group["group"]
+            )
+            ax.step(times, values, where="post", label=label)
+        ax.legend(loc="upper right", fontsize=8)
+    return _render(fig)

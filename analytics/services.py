@@ -90,7 +90,7 @@ def remission_definition_set(
     if rule not in REMISSION_RULES:
         raise RuleViolation({"rule": f"Unknown remission rule {rule!r}."})
     if rule not in datacut.SUPPORTED_RULES:
-        raise RuleViolation({"rule": f"{rule} needs inputs the casebook does not collect (a daily insulin diary)."})
+        raise RuleViolation({"rule": f"{rule} needs inputs the casebook does not collect."})
     try:
         RemissionDefinition(study.indication, name.strip(), "0", rule, parameters)
     except ValueError as exc:
@@ -207,7 +207,15 @@ def datacut_create(*, actor, study: Study, cut_date: dt.date, label: str = "", c
             DataCutFrame(data_cut=cut, name=f.name, rows=f.rows, sha256=f.sha256, content=f.compressed())
             for f in frames.values()
         )
+        cut_id = cut.pk
+        transaction.on_commit(lambda: _enqueue_materialise(cut_id))
     return cut
+
+
+def _enqueue_materialise(cut_id: int) -> None:
+    from analytics.tasks import materialise_remission_assessments_task
+
+    materialise_remission_assessments_task.delay(cut_id)
 
 
 def datacut_frames(cut: DataCut) -> dict[str, datacut.Frame]:
@@ -359,59 +367,61 @@ def analysis_fail(*, job_id: int, message: str) -> None:
     )
 
 
-def _derive_and_store(cut: DataCut, frames, *, spec: AnalysisSpec) -> datacut.DerivedCut:
-    """Derive the cut; the first job on a cut also stores its per-assessment derivations (COPY),
-    under an advisory lock so that concurrent jobs on one cut store them once."""
-    kwargs = {
+def _derive_kwargs(cut: DataCut, *, endpoint: str) -> dict[str, Any]:
+    return {
         "indication": cut.study.indication,
         "definition": definition_of(cut.definition, cut.study.indication),
         "sap": datacut.sap_options(cut.definition.sap),
         "follow_up_days": cut.manifest.get("follow_up_days", cut.study.follow_up_days),
         "cut_date": cut.cut_date,
-        "endpoint": spec.endpoint,
+        "endpoint": endpoint,
     }
+
+
+_ASSESSMENT_DB_COLUMNS = (
+    "data_cut_id",
+    "definition_id",
+    "participant_id",
+    "visit_id",
+    "assessment_id",
+    "visit_date",
+    "study_day",
+    "adequate",
+    "in_remission",
+    "derived",
+    "note",
+)
+
+
+_COPY_SLICE = 100_000
+
+
+def remission_assessments_materialise(*, cut_id: int) -> int:
+    """Store the cut's remission status per assessment (``RemissionAssessment``: the per-participant
+    timeline, and each derived value's link to its inputs). Idempotent: a cut is stored once, under an
+    advisory lock, in one COPY. The analyses do not wait for it: they derive from the frames."""
+    cut = DataCut.objects.select_related("study", "definition").get(pk=cut_id)
     if RemissionAssessment.objects.filter(data_cut=cut).exists():
-        return datacut.derive(frames, **kwargs)
-    columns = (
-        "data_cut_id",
-        "definition_id",
-        "participant_id",
-        "visit_id",
-        "assessment_id",
-        "visit_date",
-        "study_day",
-        "adequate",
-        "in_remission",
-        "derived",
-        "note",
+        return 0
+    derived = datacut.derive(
+        datacut_frames(cut), with_assessments=True, **_derive_kwargs(cut, endpoint="time_to_relapse")
     )
+    rows = derived.assessments_table
+    rows.insert(0, "definition_id", cut.definition_id)
+    rows.insert(0, "data_cut_id", cut.pk)
     table = RemissionAssessment._meta.db_table
+    columns = ", ".join(_ASSESSMENT_DB_COLUMNS)
+    statement = f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (note))"  # noqa: S608
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_DERIVATIONS_LOCK_NAMESPACE, cut.pk])
         if RemissionAssessment.objects.filter(data_cut=cut).exists():
-            return datacut.derive(frames, **kwargs)
-        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"  # noqa: S608 - fixed identifiers
+            return 0
         with cursor.cursor.copy(statement) as copy:
-            cut_id, definition_id = cut.pk, cut.definition_id
-
-            def write(row: datacut.RemissionRow) -> None:
-                copy.write_row(
-                    (
-                        cut_id,
-                        definition_id,
-                        row.participant_id,
-                        row.visit_id,
-                        row.assessment_id,
-                        row.visit_date,
-                        row.study_day,
-                        row.adequate,
-                        row.in_remission,
-                        row.derived_json,
-                        row.note,
-                    )
-                )
-
-            return datacut.derive(frames, on_assessment=write, **kwargs)
+            # In slices, so the CSV text of a million rows is never held at once.
+            for start in range(0, len(rows), _COPY_SLICE):
+                part = rows.iloc[start : start + _COPY_SLICE]
+                copy.write(part.to_csv(index=False, header=False, lineterminator="\n", na_rep="").encode())
+    return len(rows)
 
 
 def analysis_compute(*, job: AnalysisJob, progress=None) -> dict[str, Any]:
@@ -426,14 +436,14 @@ def analysis_compute(*, job: AnalysisJob, progress=None) -> dict[str, Any]:
     if spec.debug_sleep_seconds:
         _debug_sleep(spec.debug_sleep_seconds, report)
     report(10, "deriving remission per assessment")
-    derived = _derive_and_store(cut, frames, spec=spec)
+    derived = datacut.derive(frames, **_derive_kwargs(cut, endpoint=spec.endpoint))
     report(40, "building the analysis frame")
     allocation = None
     if spec.grouping == "arm":
         if datacut.ALLOCATION_FRAME not in frames:
             raise AnalysisError("This data cut holds no randomized allocation.")
         allocation = {int(r["participant_id"]): r["arm"] for r in frames[datacut.ALLOCATION_FRAME].records()}
-    frame = datacut.analysis_frame(derived.records, grouping=spec.grouping, allocation=allocation)
+    frame = datacut.analysis_frame(derived.table, grouping=spec.grouping, allocation=allocation)
     input_checksum = datacut.frame_checksum(frame)
     stages = iter(range(50, 90, 8))
 
@@ -473,6 +483,9 @@ def analysis_compute(*, job: AnalysisJob, progress=None) -> dict[str, Any]:
     cif_svg, cif_png = plots.cif_plot(
         frame, numbers, title=f"{cut.study.code.upper()}: cumulative incidence of relapse", horizon=spec.horizon_days
     )
+    pir_svg, pir_png = plots.pir_plot(
+        numbers, title=f"{cut.study.code.upper()}: probability of being in remission", horizon=spec.horizon_days
+    )
     return {
         "input_checksum": input_checksum,
         "data_cut_checksum": cut.checksum,
@@ -482,6 +495,8 @@ def analysis_compute(*, job: AnalysisJob, progress=None) -> dict[str, Any]:
         "km_png": km_png,
         "cif_svg": cif_svg,
         "cif_png": cif_png,
+        "pir_svg": pir_svg,
+        "pir_png": pir_png,
         "compute_seconds": time.perf_counter() - started,
     }
 

@@ -26,14 +26,9 @@ MAX_DEBUG_SLEEP_SECONDS = 60
 
 
 def debug_sleep_allowed() -> bool:
-    """``debug_sleep_seconds`` (a slow job for the worker-crash tests) is honoured only where the
-    setting ``TOLERANCE_ANALYTICS_DEBUG_SLEEP`` is true, or the worker's environment says so."""
-    configured = getattr(settings, "TOLERANCE_ANALYTICS_DEBUG_SLEEP", None)
-    if configured is not None:
-        return bool(configured)
-    from config.env import env_bool
-
-    return env_bool("TOLERANCE_ANALYTICS_DEBUG_SLEEP", False)
+    """``debug_sleep_seconds`` (a slow job for the worker-crash and progress tests) is honoured only
+    where the setting ``TOLERANCE_ANALYTICS_DEBUG_SLEEP`` is true (test deployments)."""
+    return bool(settings.TOLERANCE_ANALYTICS_DEBUG_SLEEP)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Celery entry points of the analytics app: thin (STYLE.md §8-§10).
 
+``materialise_remission_assessments_task`` stores a new cut's per-assessment derivations (the
+timeline); it is idempotent the same way (an advisory lock and an "already stored" check).
+
 ``run_analysis_task`` takes a job id only and calls ``analytics.services.analysis_run``. It is safe to
 acknowledge late and to redeliver because the service claims the job by compare-and-set and the result
 row is unique per job (STYLE.md §9): a message redelivered after its worker died (``acks_late``, and
@@ -41,3 +44,18 @@ def run_analysis_task(self, job_id: int) -> str:
     from analytics.services import analysis_run
 
     return analysis_run(job_id=job_id, task_id=self.request.id or f"local-{job_id}")
+
+
+@shared_task(
+    name="analytics.materialise_remission_assessments",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=5,
+    max_retries=3,
+)
+def materialise_remission_assessments_task(cut_id: int) -> int:
+    """Store a new cut's remission status per assessment (idempotent: stored once per cut)."""
+    from analytics.services import remission_assessments_materialise
+
+    return remission_assessments_materialise(cut_id=cut_id)

@@ -160,7 +160,11 @@ def job_list(request, study_code: str):
     access = selectors.study_for_analytics(user=request.user, code=study_code)
     jobs = list(selectors.job_list(user=request.user, study=access.study)[:50])
     context = {"study": access.study, "jobs": jobs, "polling": any(job.is_active for job in jobs)}
-    return render(request, "analytics/partials/job_list.html", context)
+    response = render(request, "analytics/partials/job_list.html", context)
+    if request.htmx and not context["polling"]:
+        # The last poll: a job has just finished, so reload the page to show its result.
+        response["HX-Refresh"] = "true"
+    return response
 
 
 @login_required
@@ -195,9 +199,11 @@ def job_status(request, pk: int):
 @require_GET
 def plot_png(request, pk: int, name: str):
     job = selectors.job_get(user=request.user, pk=pk)
-    if job.status != AnalysisJob.Status.SUCCEEDED or name not in ("km", "cif"):
+    if job.status != AnalysisJob.Status.SUCCEEDED or name not in ("km", "cif", "pir"):
         return HttpResponse(status=404)
     data = bytes(getattr(job.result, f"{name}_png"))
+    if not data:
+        return HttpResponse(status=404)
     response = HttpResponse(data, content_type="image/png")
     response["Content-Disposition"] = f'inline; filename="analysis-{job.pk}-{name}.png"'
     return response
@@ -311,6 +317,10 @@ def _result_view(job: AnalysisJob) -> dict[str, Any]:
         },
         "km_svg": _svg(result.km_svg),
         "cif_svg": _svg(result.cif_svg),
+        "pir_svg": _svg(result.pir_svg) if result.pir_svg else "",
+        "pir_groups": (numbers.get("probability_in_remission") or {}).get("groups") or [],
+        "pir_reason": (numbers.get("probability_in_remission") or {}).get("reason", ""),
+        "landmarks": numbers.get("landmarks") or [],
         "km_rows": km_rows,
         "cif_rows": cif_rows,
         "turnbull_rows": turnbull_rows,

@@ -190,6 +190,16 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_TASK_TIME_LIMIT = 30 * 60
 CELERY_TASK_SOFT_TIME_LIMIT = 25 * 60
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Long analyses: a worker takes one message at a time (no analysis waits behind another in a prefetch
+# buffer), and an unacknowledged message (acks_late; its worker died) is redelivered after the Redis
+# visibility timeout, which must exceed the longest task (the hard time limit above).
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 45 * 60, minimum=CELERY_TASK_TIME_LIMIT + 60)
+}
+# Test deployments only: lets an analysis request hold its job for a few seconds (worker-crash and
+# progress-bar tests). Never set in production.
+TOLERANCE_ANALYTICS_DEBUG_SLEEP = env_bool("TOLERANCE_ANALYTICS_DEBUG_SLEEP", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 # Reporting clocks are database rows scanned by beat; the task is idempotent (safety/services.py).

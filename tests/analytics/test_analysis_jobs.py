@@ -4,6 +4,8 @@ Celery worker runs in test_jobs_worker.py."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from django.core.exceptions import PermissionDenied
 from django.db import OperationalError
@@ -70,26 +72,34 @@ class TestAnalysisRequest:
         assert numbers["rmst"]["horizon"] == 730.0
         assert len(numbers["rmst"]["comparisons"]) == 2
         assert numbers["turnbull"]["Cohort 1 (1M/kg)"]["analysis"] == "turnbull_npmle"
+        pir = numbers["probability_in_remission"]
+        assert [g["group"] for g in pir["groups"]] == numbers["groups"]
+        assert all(0 <= g["mean_time_in_remission"] <= 730 for g in pir["groups"])
+        assert [lm["label"] for lm in numbers["landmarks"]] == ["3 months", "6 months"]
+        assert bytes(result.pir_png).startswith(b"\x89PNG")
         assert numbers["input"]["input_checksum"] == result.input_checksum
         assert result.km_svg.lstrip().startswith("<?xml")
         assert "<svg" in result.km_svg
         assert bytes(result.km_png).startswith(b"\x89PNG")
         assert bytes(result.cif_png).startswith(b"\x89PNG")
 
-    def test_it_stores_the_per_assessment_derivations_once_per_cut(
-        self, trial, cut, django_capture_on_commit_callbacks
-    ):
-        first, _ = _request(trial.statistician, cut, {}, django_capture_on_commit_callbacks)
-        second, _ = _request(trial.statistician, cut, {"grouping": "pooled"}, django_capture_on_commit_callbacks)
-        _run(first)
-        _run(second, "task-2")
+    def test_a_new_cut_stores_its_per_assessment_derivations_once(self, trial, django_capture_on_commit_callbacks):
+        with django_capture_on_commit_callbacks() as callbacks:
+            cut = services.datacut_create(actor=trial.statistician, study=trial.study, cut_date=CUT_DATE)
+        assert len(callbacks) == 1  # the materialisation task, enqueued once the cut is committed
+        assert RemissionAssessment.objects.filter(data_cut=cut).count() == 0
 
+        assert services.remission_assessments_materialise(cut_id=cut.pk) == 50
+        assert services.remission_assessments_materialise(cut_id=cut.pk) == 0  # already stored: no second copy
         assert RemissionAssessment.objects.filter(data_cut=cut).count() == 50
         assert RemissionAssessment.objects.filter(data_cut=cut, adequate=True).count() == 43
         row = RemissionAssessment.objects.filter(data_cut=cut, assessment__isnull=False).first()
         assert row.definition == cut.definition
         assert row.assessment.visit_id == row.visit_id
         assert row.derived["definition"] == "RA/SDAI remission@1"
+        assert row.derived["values"]["sdai"][0] == str(
+            Decimal(row.derived["values"]["sdai"][0]).quantize(Decimal("0.0001"))
+        )
 
     def test_asking_again_returns_the_stored_result_without_a_new_run(
         self, trial, cut, django_capture_on_commit_callbacks

@@ -26,6 +26,7 @@ def done(trial, cut, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks():
         job = services.analysis_request(actor=trial.statistician, data_cut=cut, spec={})
     services.analysis_run(job_id=job.pk, task_id="page-test")
+    services.remission_assessments_materialise(cut_id=cut.pk)
     return AnalysisJob.objects.get(pk=job.pk)
 
 
@@ -133,6 +134,9 @@ class TestResultPage:
         assert response.status_code == 200
         assert content.count("<svg") >= 2
         assert "Remission timeline per participant" in content
+        assert "Probability of being in remission" in content
+        assert "Landmark analyses" in content
+        assert 'aria-label="Probability in remission curves"' in content
         for participant in trial.participants:
             assert participant.subject_code in content
         assert 'class="chip in"' in content

@@ -188,7 +188,7 @@ class TestDerivation:
         assert first.in_remission
         assert first.study_day == 28
         assert DiseaseAssessment.objects.get(pk=first.assessment_id).visit_id == first.visit_id
-        assert '"sdai": ["2.50", ""]' in first.derived_json
+        assert '"sdai": ["2.5000", ""]' in first.derived_json
         assert "sdai <= 3.3" in first.derived_json
 
 
@@ -245,8 +245,8 @@ class TestRemissionDefinition:
             )
         assert "non_responders" in str(refused.value.message_dict["sap"])
 
-    def test_insulin_independence_is_refused_for_want_of_a_diary(self, trial):
-        with pytest.raises(RuleViolation, match="insulin diary"):
+    def test_insulin_independence_is_for_type_1_diabetes_studies(self, trial):
+        with pytest.raises(RuleViolation, match="applies to T1D"):
             services.remission_definition_set(
                 actor=trial.statistician,
                 study=trial.study,

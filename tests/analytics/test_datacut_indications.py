@@ -121,6 +121,49 @@ class TestTypeOneDiabetes:
         assert (record["duration"], record["event"]) == (365, 1)
         assert "mmtt" in frames
 
+    def test_insulin_independence_is_derived_from_the_insulin_log(self, db):
+        study, site, coordinator, statistician = _study(Indication.T1D, "treg-t1d-i")
+        participant, visits = _participant(study, site, coordinator, 0)
+        day0 = participant.infusions.get().infusion_date
+        # 40 U/day at infusion, stopped on day 60, restarted on day 300 (a step function of changes).
+        for day, units in ((0, "40"), (60, "0"), (300, "10")):
+            trial_services.insulin_dose_record(
+                actor=coordinator,
+                participant=participant,
+                effective_date=day0 + dt.timedelta(days=day),
+                total_daily_units=Decimal(units),
+                source="diary",
+            )
+        for visit in visits:
+            trial_services.assessment_record(
+                actor=coordinator,
+                visit=visit,
+                values={"hba1c": Decimal("6.5"), "hba1c_unit": "%", "insulin_u_per_kg_day": Decimal("0.1")},
+            )
+        services.remission_definition_set(
+            actor=statistician,
+            study=study,
+            name="Insulin independence",
+            rule="insulin_independence",
+            parameters={"min_insulin_free_days": 14},
+            sap={"non_responders": "censor"},
+            reason="SAP",
+        )
+
+        cut = services.datacut_create(actor=statistician, study=study, cut_date=CUT)
+        frames, derived, rows = _derive(cut)
+
+        assert frames["insulin"].rows == 3
+        days = [r.study_day for r in rows]
+        # Insulin-free for >= 14 days (day 60 to day 299) with HbA1c 6.5 % < 7 %.
+        assert [r.in_remission for r in rows] == [74 <= d < 300 for d in days]
+        assert any(r.in_remission for r in rows)
+        assert not all(r.in_remission for r in rows)
+        free_row = next(r for r in rows if r.in_remission)
+        assert f'"insulin_free_days": [{free_row.study_day - 60 + 1}, "days"]' in free_row.derived_json
+        (record,) = derived.records
+        assert record["responder"]
+
     def test_mmtt_peak_uses_each_sample_in_its_own_unit(self, db):
         study, site, coordinator, statistician = _study(Indication.T1D, "treg-t1d-b")
         participant, visits = _participant(study, site, coordinator, 0)

@@ -19,7 +19,7 @@ def test_it_freezes_a_cut_and_requests_an_analysis_per_study(trial, django_captu
     cut = DataCut.objects.get(study=trial.study)
     assert cut.label == "demo"
     assert AnalysisJob.objects.get(data_cut=cut).spec["grouping"] == "cohort"
-    assert len(callbacks) == 1
+    assert len(callbacks) == 2  # the cut's materialisation and the analysis, each enqueued after commit
     assert f"{trial.study.code}: cut #{cut.pk}" in out.getvalue()
 
 

@@ -14,6 +14,7 @@ from analytics.derivations import (
     consecutive_insulin_free_days,
     idaa1c,
     idaa1c_partial_remission,
+    insulin_free_days_from_log,
     insulin_independent,
     mmtt_summary,
 )
@@ -155,3 +156,27 @@ def test_insulin_free_days_stop_at_a_dose_or_a_gap_in_the_diary():
     assert consecutive_insulin_free_days(diary, as_of=day) == 5
     del diary[day - dt.timedelta(days=2)]
     assert consecutive_insulin_free_days(diary, as_of=day) == 2
+
+
+@given(
+    changes=st.lists(
+        st.tuples(st.integers(0, 120), st.sampled_from([0, 0, 0, 5, 12])),
+        min_size=0,
+        max_size=8,
+        unique_by=lambda c: c[0],
+    ),
+    as_of=st.integers(0, 130),
+)
+def test_insulin_free_days_from_the_log_equal_the_daily_diary_count(changes, as_of):
+    start = dt.date(2025, 1, 1)
+    log = [(start + dt.timedelta(days=d), units) for d, units in changes]
+    as_of_date = start + dt.timedelta(days=as_of)
+    # Independent computation: expand the step function to one diary entry per day.
+    daily = {}
+    for offset in range(as_of + 1):
+        day = start + dt.timedelta(days=offset)
+        current = [units for d, units in sorted(log) if d <= day]
+        if current:
+            daily[day] = current[-1]
+    expected = consecutive_insulin_free_days(daily, as_of=as_of_date) if daily else None
+    assert insulin_free_days_from_log(log, as_of=as_of_date) == expected

@@ -15,6 +15,11 @@ from contextlib import contextmanager
 import pytest
 from django.db import connections
 
+# The real Celery worker of the analytics worker tests (a subprocess on Redis and the test database),
+# for browser tests of pages that follow a running analysis. Like the worker tests they need
+# CELERY_BROKER_URL and fail without it; browser tests that do not ask for ``worker`` start none.
+from tests.analytics.test_jobs_worker import broker_url, worker  # noqa: F401
+
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 CHROMIUM = "/usr/bin/chromium"
