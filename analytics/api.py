@@ -74,7 +74,11 @@ class AnalysisDetailOutput(AnalysisJobOutput):
             "compute_seconds": result.compute_seconds,
             "created_at": result.created_at,
             "numbers": result.numbers,
-            "plots": {"kaplan_meier_png": plot("km"), "cumulative_incidence_png": plot("cif")},
+            "plots": {
+                "kaplan_meier_png": plot("km"),
+                "cumulative_incidence_png": plot("cif"),
+                "probability_in_remission_png": plot("pir") if result.pir_png else None,
+            },
         }
 
 

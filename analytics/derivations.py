@@ -1421,6 +1421,16 @@ def _competing(follow_up: FollowUp, start: dt.date, last_day: dt.date, rules: Du
     return result
 
 
+def _endpoint_episodes(follow_up: FollowUp, visits: list[VisitRemission], rules: DurabilityRules):
+    """The remission episodes an endpoint is built on. When rescue is an event or a competing event,
+    a remission that starts after the rescue is the rescue's effect, not the infusion's: only the
+    visits up to the rescue start count (the hypothetical strategy already ends the window there)."""
+    rescue = follow_up.rescue_date
+    if rescue is not None and rules.rescue in (RescueStrategy.EVENT, RescueStrategy.COMPETING):
+        visits = [v for v in visits if v.visit_date <= rescue]
+    return remission_episodes(visits, rules.episodes)
+
+
 def _event_codes(rules: DurabilityRules, *, death_is_event: bool) -> frozenset[EventCode]:
     codes = {EventCode.RELAPSE}
     if death_is_event:
@@ -1453,7 +1463,7 @@ def time_to_relapse(follow_up: FollowUp, rules: DurabilityRules) -> TimeToEventR
     """
     origin = follow_up.infusion_date
     visits, last_day, cut = _in_follow_up(follow_up, rules)
-    episodes = remission_episodes(visits, rules.episodes)
+    episodes = _endpoint_episodes(follow_up, visits, rules)
     candidates: list[_Candidate] = []
     if episodes and episodes[0].loss_date is not None:
         loss = episodes[0].loss_date
@@ -1495,7 +1505,7 @@ def duration_of_remission(
     biased (Part B §2). Censoring as for :func:`time_to_relapse`; retreatment is an event only if
     ``rules.retreatment_is_event``, rescue per ``rules.rescue``."""
     visits, last_day, cut = _in_follow_up(follow_up, rules)
-    episodes = remission_episodes(visits, rules.episodes)
+    episodes = _endpoint_episodes(follow_up, visits, rules)
     if not episodes:
         return None
     onset = episodes[0].onset_date

@@ -163,13 +163,17 @@ def participant_outcomes(
     if rules.rescue != RescueStrategy.IGNORE:
         end_of_remission = np.fmin(cutoff, rescue)
     # E1: the episodes of the endpoint rows; E2: those of the outcome, which end at any rescue start.
-    ep1 = _episodes(grid, window, rules.episodes, start=infusion, end=end_of_remission, landmark_days=landmark_days)
+    # When rescue is an event or a competing event the endpoint uses E2 too (derivations._endpoint_episodes).
     if rules.rescue != RescueStrategy.IGNORE:
         window2 = window & ~(grid.day > rescue)  # NaN rescue keeps every visit
         ep2 = _episodes(
             grid, window2, rules.episodes, start=infusion, end=end_of_remission, landmark_days=landmark_days
         )
+    if rules.rescue in (RescueStrategy.EVENT, RescueStrategy.COMPETING):
+        ep1 = ep2
     else:
+        ep1 = _episodes(grid, window, rules.episodes, start=infusion, end=end_of_remission, landmark_days=landmark_days)
+    if rules.rescue == RescueStrategy.IGNORE:
         ep2 = ep1
 
     # Per-window summaries: first adequate assessment; last adequate one before the first loss.

@@ -49,6 +49,10 @@ class TestAnalysesEndpoint:
         assert body["result"]["numbers"]["n"] == 10
         assert body["result"]["input_checksum"] == AnalysisJob.objects.get(pk=job_id).result.input_checksum
         assert body["result"]["plots"]["kaplan_meier_png"].endswith(f"/analytics/jobs/{job_id}/plots/km.png")
+        assert body["result"]["plots"]["probability_in_remission_png"].endswith(
+            f"/analytics/jobs/{job_id}/plots/pir.png"
+        )
+        assert body["result"]["numbers"]["probability_in_remission"]["groups"]
         browser = Client()
         browser.force_login(trial.statistician)
         png = browser.get(body["result"]["plots"]["kaplan_meier_png"])

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 
 from analytics import datacut, services
@@ -268,3 +269,31 @@ class TestRemissionDefinition:
                 sap={"non_responders": "censor"},
                 reason="x",
             )
+
+
+class TestRescueTherapyInTheCut:
+    def test_a_rescue_start_ends_remission_as_the_sap_says(self, trial):
+        durable = trial.participants[0]  # in remission at every visit
+        start = durable.infusions.get().infusion_date + dt.timedelta(days=100)
+        coordinator = get_user_model().objects.get(
+            username=f"{trial.study.code}-coord-{'a' if durable.site.code == 'S01' else 'b'}"
+        )
+        trial_services.rescue_therapy_record(
+            actor=coordinator,
+            participant=durable,
+            start_date=start,
+            stop_date=None,
+            category="corticosteroid",
+            agent="prednisolone",
+            reason="flare of symptoms",
+        )
+        cut = services.datacut_create(actor=trial.statistician, study=trial.study, cut_date=CUT_DATE)
+        frames = services.datacut_frames(cut)
+        (row,) = [r for r in frames["participants"].records() if r["participant_id"] == str(durable.pk)]
+        assert row["rescue_date"] == start.isoformat()
+
+        derived, _ = _derive(cut)  # the study's SAP leaves rescue_therapy at its default: an event
+        record = next(r for r in derived.records if r["participant_id"] == durable.pk)
+        assert (record["duration"], record["event"], record["event_code"]) == (100, 1, 4)
+        assert record["reason"] == "rescue therapy"
+        assert record["days_in_remission"] < 100
