@@ -22,6 +22,7 @@ It prints both times, the ratio, the job's stages and each process's peak reside
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import io
 import json
@@ -69,6 +70,12 @@ def _peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux: ``clear_refs`` 5), so a later peak is a later stage's."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,6 +503,8 @@ def run_job(info: dict, frame_path: str) -> dict:
         started = time.perf_counter()
         materialised["rows"] = original_materialise(cut_id=cut_id)
         materialised["seconds"] = time.perf_counter() - started
+        materialised["peak_rss_mib"] = _peak_rss_mib()
+        _reset_peak_rss()  # the analysis's own peak is measured from here
         return materialised["rows"]
 
     services.remission_assessments_materialise = timed_materialise
@@ -530,6 +539,7 @@ def run_job(info: dict, frame_path: str) -> dict:
         "data_cut_seconds": cut_seconds,
         "materialise_seconds": materialised.get("seconds"),
         "materialised_rows": materialised.get("rows"),
+        "materialise_peak_rss_mib": materialised.get("peak_rss_mib"),
         "job_seconds": t2 - t1,
         "breakdown": breakdown,
         "cut_rows": {name: f["rows"] for name, f in cut.manifest["frames"].items()},
@@ -701,10 +711,11 @@ def main() -> None:
     print(f"ratio job / floor   {ratio:8.2f}")
     print(
         f"separate task       {job['materialise_seconds'] or 0:8.2f} s  storing the cut's {job['materialised_rows'] or 0:,} "
-        "per-assessment derivations (RemissionAssessment; runs beside the analysis on another worker)"
+        "per-assessment derivations (RemissionAssessment; runs beside the analysis on another worker), "
+        f"peak memory {job['materialise_peak_rss_mib'] or 0:.0f} MiB"
     )
     print(
-        f"peak memory (VmHWM) job {job['peak_rss_mib']:.0f} MiB (after imports {job['baseline_rss_mib']:.0f} MiB), floor {floor['peak_rss_mib']:.0f} MiB"
+        f"peak memory (VmHWM) analysis {job['peak_rss_mib']:.0f} MiB (after imports {job['baseline_rss_mib']:.0f} MiB), floor {floor['peak_rss_mib']:.0f} MiB"
     )
     if args.tracemalloc:
         print(
