@@ -555,7 +555,7 @@ _ASSESSMENT_DTYPES = {
 
 
 def _table_rule_assessments(
-    frame: Frame, participants: pd.DataFrame, definition: RemissionDefinition
+    frame: Frame, participants: pd.DataFrame, definition: RemissionDefinition, *, texts: bool = True
 ) -> tuple[pd.DataFrame, int]:
     """Remission at every visit that has or owes a disease-activity assessment, for a rule with a
     vectorised form: the same rows, statuses and notes as the per-row path (``_derive_visits``)."""
@@ -581,7 +581,7 @@ def _table_rule_assessments(
     note = ("no assessment: visit " + table["visit_status"].astype(str)).to_numpy(dtype=object)
     fallback = 0
     if has_input.any():
-        evaluated = evaluate_frame(definition, table.loc[has_input, inputs])
+        evaluated = evaluate_frame(definition, table.loc[has_input, inputs], texts=texts)
         adequate[has_input], status[has_input] = evaluated.adequate, evaluated.status
         derived[has_input], note[has_input] = evaluated.derived, evaluated.note
         fallback = evaluated.fallback_rows
@@ -884,7 +884,8 @@ def derive(
         raise ValueError(f"remission rule {definition.rule!r} cannot be derived from the casebook")
     participants = _participants_table(frames["participants"], follow_up_days=follow_up_days, cut_date=cut_date)
     if definition.rule in VECTORISED_RULES:
-        rows, fallback = _table_rule_assessments(frames["assessments"], participants, definition)
+        texts = with_assessments or on_assessment is not None  # the stored rows need them; analyses do not
+        rows, fallback = _table_rule_assessments(frames["assessments"], participants, definition, texts=texts)
     else:
         rows = _per_row_assessments(frames, participants, indication=indication, definition=definition, sap=sap)
         fallback = 0

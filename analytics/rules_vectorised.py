@@ -169,13 +169,15 @@ def _units(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def evaluate_frame(
-    definition: RemissionDefinition, frame: pd.DataFrame, scalar: ScalarEvaluate | None = None
+    definition: RemissionDefinition, frame: pd.DataFrame, scalar: ScalarEvaluate | None = None, *, texts: bool = True
 ) -> FrameOutcome:
     """Evaluate ``definition`` on every row of ``frame`` (one row per assessment, the casebook's
     column names; numbers as floats or numeric strings, NaN/None/"" for missing, units as strings).
 
     ``scalar`` evaluates one row's inputs (``{column: value or None}``) with the reference and returns
     ``(adequate, in_remission, derived JSON, note)``; it defaults to :func:`scalar_evaluator`.
+    ``texts=False`` skips the derivation text of the fast rows (an analysis needs only the statuses;
+    a million JSON strings cost seconds and hundreds of MB).
     """
     if definition.rule not in VECTORISED_RULES:
         raise ValueError(f"{definition.rule} has no vectorised form")
@@ -265,10 +267,13 @@ def evaluate_frame(
     note = np.full(n, "", dtype=object)
     if fast.any():
         index = np.flatnonzero(fast)
-        texts = [_fmt(c[index]) if c.dtype != object else c[index] for c in columns]
         adequate[index] = True
         status[index] = ok[index].astype(np.int8)
-        derived[index] = _Template(key, criterion, names).fill(texts)
+        if texts:
+            values = [_fmt(c[index]) if c.dtype != object else c[index] for c in columns]
+            derived[index] = _Template(key, criterion, names).fill(values)
+        else:
+            derived[index] = ""
     slow = np.flatnonzero(~fast)
     inputs = RULE_INPUTS[rule]
     raw = {name: frame[name].to_numpy(dtype=object) for name in inputs}

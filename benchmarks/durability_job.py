@@ -22,7 +22,6 @@ It prints both times, the ratio, the job's stages and each process's peak reside
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import io
 import json
@@ -70,12 +69,6 @@ def _peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak_rss() -> None:
-    """Reset VmHWM to the current RSS (Linux: ``clear_refs`` 5), so a later peak is a later stage's."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,20 +487,10 @@ def run_job(info: dict, frame_path: str) -> dict:
         return original_progress(self, percent, stage)
 
     services._Progress.__call__ = timed_progress
-    # The cut's per-assessment table is stored by its own task (on another worker in production; inline
-    # here, Celery being eager): timed apart, and not part of the time to the analysis result.
+    # The cut's per-assessment table is stored by its own task, on another worker in production: here
+    # it is not run inline but in a phase (a process) of its own, timed apart ("materialise").
     materialised = {}
-    original_materialise = services.remission_assessments_materialise
-
-    def timed_materialise(*, cut_id):
-        started = time.perf_counter()
-        materialised["rows"] = original_materialise(cut_id=cut_id)
-        materialised["seconds"] = time.perf_counter() - started
-        materialised["peak_rss_mib"] = _peak_rss_mib()
-        _reset_peak_rss()  # the analysis's own peak is measured from here
-        return materialised["rows"]
-
-    services.remission_assessments_materialise = timed_materialise
+    services._enqueue_materialise = lambda cut_id: materialised.setdefault("cut_id", cut_id)
     captured = {}
     original_checksum = datacut.frame_checksum
 
@@ -522,7 +505,7 @@ def run_job(info: dict, frame_path: str) -> dict:
     t0 = time.perf_counter()
     cut = services.datacut_create(actor=actor, study=study, cut_date=CUT_DATE)
     t1 = time.perf_counter()
-    cut_seconds = t1 - t0 - materialised.get("seconds", 0.0)
+    cut_seconds = t1 - t0
     job = services.analysis_request(actor=actor, data_cut=cut, spec={"grouping": "cohort"})
     t2 = time.perf_counter()
     job = AnalysisJob.objects.get(pk=job.pk)
@@ -537,9 +520,7 @@ def run_job(info: dict, frame_path: str) -> dict:
     return {
         "end_to_end_seconds": cut_seconds + (t2 - t1),
         "data_cut_seconds": cut_seconds,
-        "materialise_seconds": materialised.get("seconds"),
-        "materialised_rows": materialised.get("rows"),
-        "materialise_peak_rss_mib": materialised.get("peak_rss_mib"),
+        "cut_id": materialised.get("cut_id"),
         "job_seconds": t2 - t1,
         "breakdown": breakdown,
         "cut_rows": {name: f["rows"] for name, f in cut.manifest["frames"].items()},
@@ -573,6 +554,21 @@ FLOOR_COLUMNS = {
     "RA": "a.tender_joints_28, a.swollen_joints_28, a.crp, a.crp_unit, a.patient_global_mm, a.evaluator_global_mm",
     "T1D": "a.hba1c, a.hba1c_unit, a.insulin_u_per_kg_day",
 }
+
+
+def run_materialise(cut_id: int) -> dict:
+    """The separate task that stores a cut's per-assessment derivations (RemissionAssessment)."""
+    from analytics import services
+
+    baseline = _peak_rss_mib()
+    started = time.perf_counter()
+    rows = services.remission_assessments_materialise(cut_id=cut_id)
+    return {
+        "seconds": time.perf_counter() - started,
+        "rows": rows,
+        "peak_rss_mib": _peak_rss_mib(),
+        "baseline_rss_mib": baseline,
+    }
 
 
 def run_floor(info: dict, frame_path: str, indication: str) -> dict:
@@ -654,7 +650,7 @@ def main() -> None:
     parser.add_argument("--tracemalloc", action="store_true", help="also trace the Python allocation peak")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
     parser.add_argument("--build-only", action="store_true", help="load the trial and stop (implies --keep)")
-    parser.add_argument("--phase", choices=["job", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=["job", "floor", "materialise"], help=argparse.SUPPRESS)
     parser.add_argument("--info", help=argparse.SUPPRESS)
     parser.add_argument("--frame", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -668,7 +664,12 @@ def main() -> None:
         info = json.loads(Path(args.info).read_text())
         if args.tracemalloc:
             tracemalloc.start()
-        result = run_job(info, args.frame) if args.phase == "job" else run_floor(info, args.frame, args.indication)
+        if args.phase == "job":
+            result = run_job(info, args.frame)
+        elif args.phase == "materialise":
+            result = run_materialise(int(info["cut_id"]))
+        else:
+            result = run_floor(info, args.frame, args.indication)
         if args.tracemalloc:
             result["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
         print(json.dumps(result, default=str))
@@ -697,6 +698,8 @@ def main() -> None:
         info_path, frame_path = str(Path(tmp) / "info.json"), str(Path(tmp) / "frame.pickle")
         Path(info_path).write_text(json.dumps(info))
         job = _phase(args, "job", info_path, frame_path)
+        Path(info_path).write_text(json.dumps({**info, "cut_id": job["cut_id"]}))
+        stored = _phase(args, "materialise", info_path, frame_path)
         floor = _phase(args, "floor", info_path, frame_path)
 
     ratio = job["end_to_end_seconds"] / floor["floor_seconds"]
@@ -710,9 +713,9 @@ def main() -> None:
     )
     print(f"ratio job / floor   {ratio:8.2f}")
     print(
-        f"separate task       {job['materialise_seconds'] or 0:8.2f} s  storing the cut's {job['materialised_rows'] or 0:,} "
-        "per-assessment derivations (RemissionAssessment; runs beside the analysis on another worker), "
-        f"peak memory {job['materialise_peak_rss_mib'] or 0:.0f} MiB"
+        f"separate task       {stored['seconds']:8.2f} s  storing the cut's {stored['rows']:,} "
+        "per-assessment derivations (RemissionAssessment; its own worker process in production), "
+        f"peak memory {stored['peak_rss_mib']:.0f} MiB"
     )
     print(
         f"peak memory (VmHWM) analysis {job['peak_rss_mib']:.0f} MiB (after imports {job['baseline_rss_mib']:.0f} MiB), floor {floor['peak_rss_mib']:.0f} MiB"

@@ -153,3 +153,19 @@ def test_invalid_rows_say_why_like_the_reference():
     result = _assert_same(DEFINITIONS[5], frame)
     assert result.adequate.tolist() == [False]
     assert "between 0 and 28" in result.note[0]
+
+
+def test_without_texts_the_statuses_are_the_same_and_only_fallback_rows_carry_text():
+    frame = _frame(
+        [
+            {"tender_joints_28": 1, "swollen_joints_28": 1, "patient_global_mm": 5, "evaluator_global_mm": 5},
+            {"tender_joints_28": 8, "swollen_joints_28": 4, "patient_global_mm": 50, "evaluator_global_mm": 40},
+            {"tender_joints_28": 29, "swollen_joints_28": 0, "patient_global_mm": 0, "evaluator_global_mm": 0},
+        ]
+    )
+    full = evaluate_frame(DEFINITIONS[5], frame)
+    lean = evaluate_frame(DEFINITIONS[5], frame, texts=False)
+    assert lean.status.tolist() == full.status.tolist()
+    assert lean.adequate.tolist() == full.adequate.tolist()
+    assert lean.derived[1] == ""  # a fast row: no text
+    assert lean.derived[2] == full.derived[2]  # the invalid row went to the reference, text and all
