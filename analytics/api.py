@@ -1,4 +1,4 @@
-"""REST API of the durability analyses. Thin (STYLE.md §3): input serializers check shape, the
+"""REST API of the durability analyses. Thin (docs/style.md §3): input serializers check shape, the
 services decide, output serializers answer; every read goes through ``analytics.selectors``.
 
 * ``POST /api/v1/analyses/`` — request an analysis of a data cut (202 while it is queued or running,

@@ -1,4 +1,4 @@
-"""Data-cut extraction and the participant-level analysis frame (issue 5, DOMAIN.md §5 and Part B §2).
+"""Data-cut extraction and the participant-level analysis frame (issue 5, docs/domain.md §5 and Part B §2).
 
 Two steps, deliberately separate:
 
@@ -15,7 +15,7 @@ Two steps, deliberately separate:
 
 What is excluded: voided participants, infusions, visits, assessments, MRI reads, MMTT samples,
 relapses and dispositions; anything dated after the cut date; participants not infused by the cut.
-Censoring follows DOMAIN.md Part B §2 through ``analytics.derivations``: last adequate assessment,
+Censoring follows docs/domain.md Part B §2 through ``analytics.derivations``: last adequate assessment,
 withdrawal or loss to follow-up at the last adequate assessment, an event after ≥ 2 consecutive missed
 visits, and the administrative cut at infusion + follow-up days (730), or the cut date if earlier —
 always an explicit date.

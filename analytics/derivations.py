@@ -1,7 +1,7 @@
 """Pure derivations behind the remission-durability analyses: scores, remission definitions, episodes
 and time-to-event rows. No Django, no database: inputs are plain values, as read from the casebook.
 
-Sections follow DOMAIN.md:
+Sections follow docs/domain.md:
 
 * Type 1 diabetes (§5.2): IDAA1c, MMTT C-peptide AUC/peak, insulin independence.
 * Rheumatoid arthritis (§5.3): DAS28-CRP(4), DAS28-CRP(3), DAS28-ESR(4), SDAI, CDAI, ACR/EULAR Boolean
@@ -58,7 +58,7 @@ def _require(inputs: Mapping[str, Any], key: str) -> Any:
 
 
 # =============================================================================================
-# Type 1 diabetes (DOMAIN.md §5.2)
+# Type 1 diabetes (docs/domain.md §5.2)
 # =============================================================================================
 
 IDAA1C_PARTIAL_REMISSION_MAX = Decimal("9")
@@ -69,7 +69,7 @@ MAREK_TRZONKOWSKA_INSULIN_MAX_U_PER_KG_DAY = Decimal("0.5")
 
 
 def idaa1c(*, hba1c: Number, hba1c_unit: str, insulin_u_per_kg_day: Number) -> Decimal:
-    """Insulin-dose-adjusted HbA1c (Mortensen 2009; DOMAIN.md §5.2).
+    """Insulin-dose-adjusted HbA1c (Mortensen 2009; docs/domain.md §5.2).
 
     ``IDAA1c = HbA1c (DCCT %) + 4 × insulin dose (U/kg/24 h)``. HbA1c stored in IFCC mmol/mol is
     converted to % first. The dose is the protocol's mean daily total over the preceding 3-7 days.
@@ -79,7 +79,7 @@ def idaa1c(*, hba1c: Number, hba1c_unit: str, insulin_u_per_kg_day: Number) -> D
 
 
 def idaa1c_partial_remission(value: Number, *, maximum: Number = IDAA1C_PARTIAL_REMISSION_MAX) -> bool:
-    """Partial remission ⇔ IDAA1c ≤ 9 (inclusive; DOMAIN.md §5.2)."""
+    """Partial remission ⇔ IDAA1c ≤ 9 (inclusive; docs/domain.md §5.2)."""
     return to_decimal(value) <= to_decimal(maximum)
 
 
@@ -97,7 +97,7 @@ class MMTTSummary:
     """C-peptide response to a mixed-meal tolerance test, all concentrations in nmol/L.
 
     ``auc_nmol_min_l`` is the trapezoidal area from ``start_minute`` to ``end_minute`` (nmol/L·min);
-    ``mean_auc_nmol_l`` = AUC / ``duration_min`` (DOMAIN.md §5.2 "mean AUC = AUC / duration").
+    ``mean_auc_nmol_l`` = AUC / ``duration_min`` (docs/domain.md §5.2 "mean AUC = AUC / duration").
     """
 
     auc_nmol_min_l: Decimal
@@ -112,7 +112,7 @@ class MMTTSummary:
 
     @property
     def peak_meaningful(self) -> bool:
-        """Peak stimulated C-peptide ≥ 0.2 nmol/L, the clinically meaningful level (DOMAIN.md §5.2)."""
+        """Peak stimulated C-peptide ≥ 0.2 nmol/L, the clinically meaningful level (docs/domain.md §5.2)."""
         return self.peak_nmol_l >= C_PEPTIDE_PEAK_MEANINGFUL_NMOL_L
 
     @property
@@ -127,7 +127,7 @@ class MMTTSummary:
 
 
 def mmtt_summary(samples: Sequence[CPeptideSample], *, average_pre_meal_baseline: bool = False) -> MMTTSummary:
-    """Trapezoidal AUC, mean AUC, peak, fasting and 90-min C-peptide of one MMTT (DOMAIN.md §5.2).
+    """Trapezoidal AUC, mean AUC, peak, fasting and 90-min C-peptide of one MMTT (docs/domain.md §5.2).
 
     Choice of integration range: the AUC runs from the first sample at minute ≥ 0 (normally 0, the
     meal) to the last sample. Pre-meal draws (the −10 min sample of the TrialNet schedule −10, 0, 15,
@@ -173,7 +173,7 @@ def mmtt_summary(samples: Sequence[CPeptideSample], *, average_pre_meal_baseline
 
 @dataclass(frozen=True)
 class InsulinIndependenceRule:
-    """Protocol-defined insulin independence (DOMAIN.md §5.2 suggested configurable rule): no exogenous
+    """Protocol-defined insulin independence (docs/domain.md §5.2 suggested configurable rule): no exogenous
     insulin for ≥ ``min_insulin_free_days`` consecutive days, with HbA1c below (or, if
     ``hba1c_max_inclusive``, at or below) ``hba1c_max_percent``; ``None`` drops the HbA1c condition."""
 
@@ -220,7 +220,7 @@ def insulin_independent(
     hba1c_unit: str | None,
     rule: InsulinIndependenceRule = InsulinIndependenceRule(),
 ) -> bool:
-    """Whether the participant meets the configurable insulin-independence rule (DOMAIN.md §5.2)."""
+    """Whether the participant meets the configurable insulin-independence rule (docs/domain.md §5.2)."""
     if insulin_free_days < rule.min_insulin_free_days:
         return False
     if rule.hba1c_max_percent is None:
@@ -233,7 +233,7 @@ def insulin_independent(
 
 
 # =============================================================================================
-# Rheumatoid arthritis (DOMAIN.md §5.3)
+# Rheumatoid arthritis (docs/domain.md §5.3)
 # =============================================================================================
 
 
@@ -244,7 +244,7 @@ class DiseaseActivity(StrEnum):
     HIGH = "high"
 
 
-# DOMAIN.md §5.3 cut-offs: DAS28 remission is strict (< 2.6); SDAI and CDAI remission are inclusive.
+# docs/domain.md §5.3 cut-offs: DAS28 remission is strict (< 2.6); SDAI and CDAI remission are inclusive.
 DAS28_REMISSION_BELOW = Decimal("2.6")
 DAS28_LOW_MAX = Decimal("3.2")
 DAS28_MODERATE_MAX = Decimal("5.1")
@@ -318,7 +318,7 @@ def cdai(
     evaluator_global: Number,
     evaluator_global_unit: str,
 ) -> Decimal:
-    """CDAI = TJC28 + SJC28 + PtGA[0-10 cm] + PhGA[0-10 cm] (DOMAIN.md §5.3)."""
+    """CDAI = TJC28 + SJC28 + PtGA[0-10 cm] + PhGA[0-10 cm] (docs/domain.md §5.3)."""
     with localcontext(_DECIMAL_CONTEXT):
         return (
             _joint_count(tender_28, "tender joint count")
@@ -339,7 +339,7 @@ def sdai(
     crp: Number,
     crp_unit: str,
 ) -> Decimal:
-    """SDAI = TJC28 + SJC28 + PtGA[cm] + PhGA[cm] + CRP[mg/dL] (DOMAIN.md §5.3)."""
+    """SDAI = TJC28 + SJC28 + PtGA[cm] + PhGA[cm] + CRP[mg/dL] (docs/domain.md §5.3)."""
     clinical = cdai(
         tender_28=tender_28,
         swollen_28=swollen_28,
@@ -362,7 +362,7 @@ def acr_eular_boolean_remission(
     patient_global_unit: str,
     version: str,
 ) -> bool:
-    """ACR/EULAR Boolean remission (DOMAIN.md §5.3): TJC ≤ 1, SJC ≤ 1, CRP ≤ 1 mg/dL and PtGA ≤ 1 cm
+    """ACR/EULAR Boolean remission (docs/domain.md §5.3): TJC ≤ 1, SJC ≤ 1, CRP ≤ 1 mg/dL and PtGA ≤ 1 cm
     (``version="2011"``) or ≤ 2 cm (``version="2022"``). The version has no default on purpose."""
     if version not in BOOLEAN_PTGA_MAX_CM:
         raise ValueError(f"Unknown ACR/EULAR Boolean version {version!r}; expected 2011 or 2022")
@@ -375,7 +375,7 @@ def acr_eular_boolean_remission(
 
 
 def das28_category(score: Number) -> DiseaseActivity:
-    """DAS28: remission < 2.6; low ≤ 3.2; moderate > 3.2 to ≤ 5.1; high > 5.1 (DOMAIN.md §5.3)."""
+    """DAS28: remission < 2.6; low ≤ 3.2; moderate > 3.2 to ≤ 5.1; high > 5.1 (docs/domain.md §5.3)."""
     value = to_decimal(score)
     if value < DAS28_REMISSION_BELOW:
         return DiseaseActivity.REMISSION
@@ -393,17 +393,17 @@ def _inclusive_category(value: Decimal, remission: Decimal, low: Decimal, modera
 
 
 def sdai_category(score: Number) -> DiseaseActivity:
-    """SDAI: remission ≤ 3.3; low ≤ 11; moderate ≤ 26; high > 26 (DOMAIN.md §5.3)."""
+    """SDAI: remission ≤ 3.3; low ≤ 11; moderate ≤ 26; high > 26 (docs/domain.md §5.3)."""
     return _inclusive_category(to_decimal(score), SDAI_REMISSION_MAX, SDAI_LOW_MAX, SDAI_MODERATE_MAX)
 
 
 def cdai_category(score: Number) -> DiseaseActivity:
-    """CDAI: remission ≤ 2.8; low ≤ 10; moderate ≤ 22; high > 22 (DOMAIN.md §5.3)."""
+    """CDAI: remission ≤ 2.8; low ≤ 10; moderate ≤ 22; high > 22 (docs/domain.md §5.3)."""
     return _inclusive_category(to_decimal(score), CDAI_REMISSION_MAX, CDAI_LOW_MAX, CDAI_MODERATE_MAX)
 
 
 # =============================================================================================
-# Multiple sclerosis (DOMAIN.md §5.1)
+# Multiple sclerosis (docs/domain.md §5.1)
 # =============================================================================================
 
 DEFAULT_ZERO_BASELINE_THRESHOLD = Decimal("1.5")
@@ -420,7 +420,7 @@ def edss_value(value: Number) -> Decimal:
 def cdw_threshold(
     baseline_edss: Number, *, zero_baseline_threshold: Number | None = DEFAULT_ZERO_BASELINE_THRESHOLD
 ) -> Decimal:
-    """EDSS increase that counts as worsening (DOMAIN.md §5.1): ≥ 1.0 if baseline ≤ 5.5, ≥ 0.5 if
+    """EDSS increase that counts as worsening (docs/domain.md §5.1): ≥ 1.0 if baseline ≤ 5.5, ≥ 0.5 if
     baseline > 5.5, and (common variant, on by default) ≥ 1.5 from a baseline of 0. Pass
     ``zero_baseline_threshold=None`` to use 1.0 from 0 as well."""
     baseline = edss_value(baseline_edss)
@@ -462,7 +462,7 @@ def confirmed_disability_worsening(
     zero_baseline_threshold: Number | None = DEFAULT_ZERO_BASELINE_THRESHOLD,
     relapse_exclusion_days: int = 30,
 ) -> CDWResult:
-    """Confirmed disability worsening from a fixed baseline (DOMAIN.md §5.1).
+    """Confirmed disability worsening from a fixed baseline (docs/domain.md §5.1).
 
     1. EDSS taken 0-``relapse_exclusion_days`` days after a relapse onset is excluded.
     2. A candidate is an assessment with EDSS − baseline ≥ :func:`cdw_threshold`.
@@ -534,7 +534,7 @@ def neda3(
     cdw: CDWResult,
     mri_rebaseline_date: dt.date | None = None,
 ) -> NEDAResult:
-    """No evidence of disease activity (NEDA-3, DOMAIN.md §5.1) over a window, usually one year:
+    """No evidence of disease activity (NEDA-3, docs/domain.md §5.1) over a window, usually one year:
     no protocol-defined relapse, no new/enlarging T2 and no Gd+ lesions, no CDW.
 
     * A relapse or a CDW onset on any day of the closed window counts.
@@ -1026,7 +1026,7 @@ def in_remission(
 
 
 # =============================================================================================
-# Episodes and time-to-event rows (DOMAIN.md §5 generic algorithm; Part B §2)
+# Episodes and time-to-event rows (docs/domain.md §5 generic algorithm; Part B §2)
 # =============================================================================================
 
 DEFAULT_FOLLOW_UP_DAYS = 730
@@ -1036,7 +1036,7 @@ def administrative_cutoff(
     infusion_date: dt.date, *, follow_up_days: int = DEFAULT_FOLLOW_UP_DAYS, data_cut_date: dt.date | None = None
 ) -> dt.date:
     """The administrative censoring date: infusion + ``follow_up_days`` (24 months = 730 days,
-    DOMAIN.md Part B §2), or the data-cut date if earlier. Always explicit: never "today"."""
+    docs/domain.md Part B §2), or the data-cut date if earlier. Always explicit: never "today"."""
     end = infusion_date + dt.timedelta(days=follow_up_days)
     return min(end, data_cut_date) if data_cut_date is not None else end
 
@@ -1056,7 +1056,7 @@ class VisitRemission:
 
 
 class MissingVisitPolicy(StrEnum):
-    """How a non-adequate visit enters the episode algorithm (DOMAIN.md §5: a SAP option)."""
+    """How a non-adequate visit enters the episode algorithm (docs/domain.md §5: a SAP option)."""
 
     IGNORE = "ignore"
     NOT_IN_REMISSION = "not_in_remission"
@@ -1113,7 +1113,7 @@ def _confirming_index(seq: list[tuple[dt.date, bool]], i: int, status: bool, min
 def remission_episodes(
     visits: Sequence[VisitRemission], rules: EpisodeRules = EpisodeRules()
 ) -> list[RemissionEpisode]:
-    """Remission episodes from a participant's per-visit remission booleans (DOMAIN.md §5).
+    """Remission episodes from a participant's per-visit remission booleans (docs/domain.md §5).
 
     * Onset = first visit in remission; with ``confirm_onset`` the next visit ≥ N days later must
       also be in remission (the onset date stays the first visit).
@@ -1192,7 +1192,7 @@ class NonResponderPolicy(StrEnum):
 
 
 class EventCode(IntEnum):
-    """``event_observed`` coding for Aalen–Johansen (DOMAIN.md Part B §1): 0 censored, then causes."""
+    """``event_observed`` coding for Aalen–Johansen (docs/domain.md Part B §1): 0 censored, then causes."""
 
     CENSORED = 0
     RELAPSE = 1
@@ -1239,7 +1239,7 @@ class FollowUp:
 
 @dataclass(frozen=True)
 class DurabilityRules:
-    """SAP options for the time-to-event derivations (DOMAIN.md Part B §2)."""
+    """SAP options for the time-to-event derivations (docs/domain.md Part B §2)."""
 
     non_responders: NonResponderPolicy
     episodes: EpisodeRules = EpisodeRules()  # frozen, so sharing the default instance is safe
@@ -1255,7 +1255,7 @@ class TimeToEventRow:
 
     * ``duration_days`` = ``end_date − origin_date`` on the protocol-day clock (origin = Day 0), so the
       24-month horizon (730 days) coincides with the administrative cut. ``aval`` is the ADaM
-      ``ADT − STARTDT + 1`` (DOMAIN.md Part B §2) for export.
+      ``ADT − STARTDT + 1`` (docs/domain.md Part B §2) for export.
     * ``event`` (1/0) is for Kaplan–Meier and Cox; ``cnsr`` = 1 − ``event`` (ADaM: 1 = censored).
     * ``event_code``/``cr_duration_days`` are for Aalen–Johansen: follow-up ends at the first of relapse,
       death or retreatment, which may be later than the KM censoring date (a death not counted as an
@@ -1448,7 +1448,7 @@ def _previous_adequate(visits: Sequence[VisitRemission], day: dt.date) -> dt.dat
 
 
 def time_to_relapse(follow_up: FollowUp, rules: DurabilityRules) -> TimeToEventRow | None:
-    """TTREL: time from infusion to first relapse, ITT (DOMAIN.md Part B §2).
+    """TTREL: time from infusion to first relapse, ITT (docs/domain.md Part B §2).
 
     Event: loss of the first remission episode (confirmed if the rules say so) or a dated relapse,
     whichever is first; for a participant never in remission, :class:`NonResponderPolicy` decides.
@@ -1500,7 +1500,7 @@ def time_to_relapse(follow_up: FollowUp, rules: DurabilityRules) -> TimeToEventR
 def duration_of_remission(
     follow_up: FollowUp, rules: DurabilityRules, *, death_is_event: bool = True
 ) -> TimeToEventRow | None:
-    """DOR: from the onset of the first remission episode to its loss or death (DOMAIN.md Part B §2),
+    """DOR: from the onset of the first remission episode to its loss or death (docs/domain.md Part B §2),
     responders only (``None`` otherwise). Descriptive: responder-only comparisons between arms are
     biased (Part B §2). Censoring as for :func:`time_to_relapse`; retreatment is an event only if
     ``rules.retreatment_is_event``, rescue per ``rules.rescue``."""
@@ -1529,7 +1529,7 @@ def duration_of_remission(
     )
 
 
-# Landmarks of DOMAIN.md Part B §2 (3 and 6 months, on the protocol-day clock).
+# Landmarks of docs/domain.md Part B §2 (3 and 6 months, on the protocol-day clock).
 LANDMARK_DAYS: tuple[float, ...] = (91.3125, 182.625)
 
 

@@ -1,4 +1,4 @@
-"""Forms of the durability page: shape only; ``analytics.services`` decides (STYLE.md §1)."""
+"""Forms of the durability page: shape only; ``analytics.services`` decides (docs/style.md §1)."""
 
 from __future__ import annotations
 

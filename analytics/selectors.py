@@ -1,10 +1,10 @@
-"""Reads for the durability pages and API, scoped by the requesting user (STYLE.md §2).
+"""Reads for the durability pages and API, scoped by the requesting user (docs/style.md §2).
 
 Who sees analytics: statisticians, data managers and medical monitors of the study (all sites, as
 their roles do in ``trials.selectors``). Coordinators, investigators and monitors do not: a study they
 belong to answers 403, anything in a study they do not belong to answers 404.
 
-Blinding (RELIABILITY.md §3): an analysis grouped by randomized arm exists only for users with an
+Blinding (docs/reliability.md §3): an analysis grouped by randomized arm exists only for users with an
 unblinded analytics role in a blinded study. For everybody else such a job is not found (404) and is
 left out of every list; they can request pooled or by-cohort analyses only.
 """

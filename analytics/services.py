@@ -1,4 +1,4 @@
-"""Writes and business rules of the durability analyses (STYLE.md §1, §6-§11).
+"""Writes and business rules of the durability analyses (docs/style.md §1, §6-§11).
 
 * ``remission_definition_set`` — a new version of the study's remission definition and SAP options.
 * ``datacut_create`` — freeze the casebook as of a cut date: frames, checksums, audit chain head.

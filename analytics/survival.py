@@ -7,7 +7,7 @@ returns a plain JSON-serialisable dict (a ``TypedDict``) that records the method
 library versions. Non-finite numbers are returned as ``None``.
 
 Where lifelines' defaults differ from R ``survival`` or are incomplete, this module closes the gap
-itself (DOMAIN.md Part B §0-§1, §6):
+itself (docs/domain.md Part B §0-§1, §6):
 
 * Kaplan–Meier CIs: both R's default ``conf.type="log"`` (S·exp(±z·√Σd/(n(n−d))), capped at 1) and
   lifelines' "log-log" (exponential Greenwood); medians and their CIs use R's ``quantile.survfit``
@@ -39,7 +39,7 @@ from lifelines.statistics import multivariate_logrank_test, proportional_hazard_
 from lifelines.utils import CensoringType, concordance_index
 from scipy import stats
 
-# 6, 12, 18 and 24 months in days (DOMAIN.md Part B §2: 182.625/365.25/730.5, and §5 "Months 6, 12,
+# 6, 12, 18 and 24 months in days (docs/domain.md Part B §2: 182.625/365.25/730.5, and §5 "Months 6, 12,
 # 18 and 24").
 DEFAULT_TIMES_DAYS: tuple[float, ...] = (182.625, 365.25, 547.875, 730.5)
 DEFAULT_RMST_HORIZON_DAYS = 730.0
@@ -496,7 +496,7 @@ def kaplan_meier(
 ) -> KMResult:
     """Kaplan–Meier per group: median with CI, survival at ``times`` with Greenwood SE and CI, and the
     full table. Both CI transforms are always computed; ``ci_transform`` only records which one the
-    report treats as primary (default "log", to match R tables; DOMAIN.md Part B §2 asks to state it).
+    report treats as primary (default "log", to match R tables; docs/domain.md Part B §2 asks to state it).
     Survival at a time after the last observation carries the last value and is flagged."""
     if ci_transform not in CI_TRANSFORM_DESCRIPTIONS:
         raise ValueError(f"ci_transform must be 'log' or 'log-log', got {ci_transform!r}")
@@ -658,7 +658,7 @@ def cox_ph(
 
     * ``ties="efron"`` (default, = R ``coxph``): lifelines ``CoxPHFitter``. ``batch_mode=True`` (default)
       is much faster for day-granular times, where lifelines' own heuristic picks the slow path, and
-      gives identical coefficients (DOMAIN.md Part B §5); pass ``False`` for all-distinct times.
+      gives identical coefficients (docs/domain.md Part B §5); pass ``False`` for all-distinct times.
     * ``ties="breslow"`` (SAS PHREG, scikit-survival and many textbooks): our own Newton–Raphson; it
       gives coefficients, SEs, log-likelihoods and concordance; no PH test.
     * PH check: scaled-Schoenfeld test with the rank time transform (lifelines). lifelines follows R's
@@ -810,7 +810,7 @@ def cumulative_incidence(
     seed: int = 20240101,
 ) -> CIFResult:
     """Aalen–Johansen cumulative incidence of ``event_of_interest`` with competing causes
-    (``event_col``: 0 censored, 1 relapse, 2 death, 3 retreatment; DOMAIN.md Part B §1-§2).
+    (``event_col``: 0 censored, 1 relapse, 2 death, 3 retreatment; docs/domain.md Part B §1-§2).
 
     Also returns the naive 1 − KM that treats competitors as censored, which over-estimates
     (Gooley et al. 1999). CIs are lifelines' delta-method log(−log) intervals on Greenwood-type variance.
@@ -1000,7 +1000,7 @@ def turnbull_npmle(
 ) -> TurnbullResult:
     """Turnbull NPMLE of survival for interval-censored relapse times (lifelines
     ``KaplanMeierFitter.fit_interval_censoring``), the sensitivity analysis for relapse seen only at
-    visits (DOMAIN.md Part B §2). ``upper`` = inf/NaN/None means right-censored; lower = upper is an
+    visits (docs/domain.md Part B §2). ``upper`` = inf/NaN/None means right-censored; lower = upper is an
     exactly known time. lifelines treats intervals as closed.
 
     The NPMLE is not unique inside Turnbull intervals, so both the upper and the lower survival curve
@@ -1186,7 +1186,7 @@ def probability_in_remission(
     seed: int = 20240101,
     alpha: float = 0.05,
 ) -> PIRResult:
-    """Probability of being in remission over time (Temkin 1978; DOMAIN.md Part B §2) and the mean
+    """Probability of being in remission over time (Temkin 1978; docs/domain.md Part B §2) and the mean
     time in remission up to ``horizon`` (the area under that curve), per group, from columns
     ``onset_day``, ``exit_day``, ``exit_event`` (see :func:`state_occupancy`). The SE and percentile
     CI of the mean time come from a seeded nonparametric bootstrap (``bootstrap`` resamples)."""
@@ -1233,7 +1233,7 @@ def landmark_analysis(
     alpha: float = 0.05,
     ci_transform: CITransform = "log",
 ) -> LandmarkResult:
-    """Landmark analysis (Anderson, Cain & Gelber 1983; DOMAIN.md Part B §2): keep the participants
+    """Landmark analysis (Anderson, Cain & Gelber 1983; docs/domain.md Part B §2): keep the participants
     still event-free and followed beyond ``landmark`` days, group them by remission status at the
     landmark (``status_col``), and measure time from the landmark. Removes the guarantee-time bias of
     comparing responders with non-responders from the origin."""

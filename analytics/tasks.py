@@ -1,11 +1,11 @@
-"""Celery entry points of the analytics app: thin (STYLE.md §8-§10).
+"""Celery entry points of the analytics app: thin (docs/style.md §8-§10).
 
 ``materialise_remission_assessments_task`` stores a new cut's per-assessment derivations (the
 timeline); it is idempotent the same way (an advisory lock and an "already stored" check).
 
 ``run_analysis_task`` takes a job id only and calls ``analytics.services.analysis_run``. It is safe to
 acknowledge late and to redeliver because the service claims the job by compare-and-set and the result
-row is unique per job (STYLE.md §9): a message redelivered after its worker died (``acks_late``, and
+row is unique per job (docs/style.md §9): a message redelivered after its worker died (``acks_late``, and
 ``reject_on_worker_lost`` for a pool child killed mid-task) takes the job back under the same task id
 and finishes it; any other duplicate finds the job running or done and stops. Transient database and
 network errors are retried with backoff, at most three times; after that the failure is recorded.

@@ -2,7 +2,7 @@
 
 The casebook stores every measurement raw, with the unit it was entered in (``DiseaseAssessment``,
 ``MMTTSample``). Scores convert at the point of use, because the same analyte is wanted in different
-units by different formulas (DOMAIN.md §5.3 "Unit trap": CRP is mg/L in DAS28-CRP but mg/dL in SDAI
+units by different formulas (docs/domain.md §5.3 "Unit trap": CRP is mg/L in DAS28-CRP but mg/dL in SDAI
 and the Boolean definition; the global assessments are 0-100 mm in DAS28 but 0-10 cm elsewhere).
 
 All functions take and return :class:`~decimal.Decimal`. Floats are accepted and converted through
@@ -21,10 +21,10 @@ from typing import TypeAlias
 
 Number: TypeAlias = Decimal | int | float | str
 
-# DOMAIN.md §5.2: % (DCCT/NGSP) = mmol/mol (IFCC) / 10.929 + 2.15.
+# docs/domain.md §5.2: % (DCCT/NGSP) = mmol/mol (IFCC) / 10.929 + 2.15.
 HBA1C_IFCC_PER_DCCT_PERCENT = Decimal("10.929")
 HBA1C_DCCT_OFFSET_PERCENT = Decimal("2.15")
-# DOMAIN.md §5.2: 1 ng/mL C-peptide = 0.331 nmol/L (molar mass about 3020 g/mol).
+# docs/domain.md §5.2: 1 ng/mL C-peptide = 0.331 nmol/L (molar mass about 3020 g/mol).
 C_PEPTIDE_NMOL_L_PER_NG_ML = Decimal("0.331")
 VAS_MAX_MM = Decimal("100")
 
@@ -79,13 +79,13 @@ def _unit_key(unit: object, quantity: str, accepted: dict[str, str]) -> str:
     raise UnitError(quantity, unit, tuple(dict.fromkeys(accepted.values())))
 
 
-# --- HbA1c (DOMAIN.md §5.2) ------------------------------------------------------------------
+# --- HbA1c (docs/domain.md §5.2) ------------------------------------------------------------------
 
 _HBA1C_UNITS = {"%": "%", "mmol/mol": "mmol/mol"}
 
 
 def hba1c_ifcc_to_dcct(mmol_per_mol: Number) -> Decimal:
-    """IFCC HbA1c (mmol/mol) to DCCT/NGSP HbA1c (%): ``mmol/mol / 10.929 + 2.15`` (DOMAIN.md §5.2)."""
+    """IFCC HbA1c (mmol/mol) to DCCT/NGSP HbA1c (%): ``mmol/mol / 10.929 + 2.15`` (docs/domain.md §5.2)."""
     return non_negative(mmol_per_mol, "HbA1c") / HBA1C_IFCC_PER_DCCT_PERCENT + HBA1C_DCCT_OFFSET_PERCENT
 
 
@@ -101,9 +101,9 @@ def hba1c_percent(value: Number, unit: str) -> Decimal:
     return hba1c_ifcc_to_dcct(value)
 
 
-# --- C-peptide (DOMAIN.md §5.2) --------------------------------------------------------------
+# --- C-peptide (docs/domain.md §5.2) --------------------------------------------------------------
 
-# pmol/mL is the same concentration as nmol/L (DOMAIN.md §5.2 reports mean AUC "in nmol/L (or pmol/mL)").
+# pmol/mL is the same concentration as nmol/L (docs/domain.md §5.2 reports mean AUC "in nmol/L (or pmol/mL)").
 _C_PEPTIDE_UNITS = {"nmol/l": "nmol/L", "pmol/ml": "nmol/L", "pmol/l": "pmol/L", "ng/ml": "ng/mL"}
 _C_PEPTIDE_NMOL_L_PER_UNIT = {"nmol/L": Decimal(1), "pmol/L": Decimal("0.001"), "ng/mL": C_PEPTIDE_NMOL_L_PER_NG_ML}
 
@@ -120,7 +120,7 @@ def c_peptide_from_nmol_l(nmol_per_l: Number, unit: str) -> Decimal:
     return non_negative(nmol_per_l, "C-peptide") / factor
 
 
-# --- CRP (DOMAIN.md §5.3) --------------------------------------------------------------------
+# --- CRP (docs/domain.md §5.3) --------------------------------------------------------------------
 
 _CRP_UNITS = {"mg/l": "mg/L", "mg/dl": "mg/dL"}
 
@@ -137,7 +137,7 @@ def crp_mg_dl(value: Number, unit: str) -> Decimal:
     return crp if _unit_key(unit, "CRP", _CRP_UNITS) == "mg/dL" else crp / 10
 
 
-# --- Visual analogue scales (DOMAIN.md §5.3) ---------------------------------------------------
+# --- Visual analogue scales (docs/domain.md §5.3) ---------------------------------------------------
 
 _VAS_UNITS = {"mm": "mm", "cm": "cm"}
 

@@ -1,4 +1,4 @@
-"""Audit-trail cost and integrity figures (RELIABILITY.md (c)).
+"""Audit-trail cost and integrity figures (docs/reliability.md (c)).
 
 Builds a scratch database, writes clinical rows through the real audit triggers (pghistory events,
 the hash-chain seal, the who-and-why check) and prints:

@@ -1,4 +1,4 @@
-"""One error format at the API edge (STYLE.md §4).
+"""One error format at the API edge (docs/style.md §4).
 
 Services raise Django ``ValidationError`` subclasses (``RuleViolation``, ``ConflictError``,
 ``LockedError``); DRF raises its own. Everything leaves as JSON with field messages:

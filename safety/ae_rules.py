@@ -1,4 +1,4 @@
-"""AE record consistency checks, treatment-emergence and causality mapping (DOMAIN.md Part A §1.2, §1.4).
+"""AE record consistency checks, treatment-emergence and causality mapping (docs/domain.md Part A §1.2, §1.4).
 
 Pure functions over a plain ``AEFields`` dataclass; the later model layer maps its rows onto it and
 turns the returned ``{field: message}`` dict into a ``RuleViolation``.
@@ -98,7 +98,7 @@ def is_definitely_before(first: PartialDate, second: PartialDate) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Consistency checks (DOMAIN §1.4)
+# Consistency checks (docs/domain.md §1.4)
 # ---------------------------------------------------------------------------------------------
 
 CRITERIA = (
@@ -138,7 +138,7 @@ class AEFields:
 def check_ae_consistency(ae: AEFields, *, rules: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Every consistency violation, as ``{field: message}``; an empty dict means consistent.
 
-    Rules (DOMAIN §1.4):
+    Rules (docs/domain.md §1.4):
     1. serious <=> at least one of the six seriousness criteria;
     2. grade 5 <=> outcome FATAL <=> "results in death" criterion (grade part only when graded);
     3. end date >= onset (partial dates compared at their common precision; undecidable accepted);
@@ -223,7 +223,7 @@ def check_ae_consistency(ae: AEFields, *, rules: Mapping[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
-# Treatment-emergence (ADaM TRTEMFL; DOMAIN §1.4, §6)
+# Treatment-emergence (ADaM TRTEMFL; docs/domain.md §1.4, §6)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -269,7 +269,7 @@ def treatment_emergent(
 
 
 # ---------------------------------------------------------------------------------------------
-# Causality (DOMAIN §1.2)
+# Causality (docs/domain.md §1.2)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Expedited safety reporting clocks and SUSAR determination (DOMAIN.md Part A §1.1-1.2, §2.1-2.2).
+"""Expedited safety reporting clocks and SUSAR determination (docs/domain.md Part A §1.1-1.2, §2.1-2.2).
 
 Boundary conventions (all datetimes must be time-zone aware; a naive one raises ``InputError``):
 
@@ -7,7 +7,7 @@ Boundary conventions (all datetimes must be time-zone aware; a naive one raises 
 - **Sponsor -> regulators (7 / 15 calendar days).** Day 0 is the *calendar date, in the sponsor's time
   zone,* on which the sponsor first holds the minimum information (identifiable patient, reporter,
   event, suspect product). When both a first-receipt and a qualification datetime are given, Day 0 is
-  the earlier of the two dates (DOMAIN §2.2 "default due dates to the earlier (conservative) one").
+  the earlier of the two dates (docs/domain.md §2.2 "default due dates to the earlier (conservative) one").
   The due date is Day 0 + 7 or + 15 calendar days, with no business-day adjustment (UK wording:
   counted "beginning with the day after the sponsor was first aware"), and the report is on time
   if it is submitted at any time on or before the due date in the sponsor's time zone. ``due_at``
@@ -222,7 +222,7 @@ def clock_status(
 
 
 # ---------------------------------------------------------------------------------------------
-# SUSAR determination (DOMAIN §1.1-1.2)
+# SUSAR determination (docs/domain.md §1.1-1.2)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -254,7 +254,7 @@ def _normalise_term(term: str) -> str:
 def assess_expectedness(
     *, term: str, grade: int | None, fatal: bool, onset: str, rsi_versions: Sequence[RSIVersion]
 ) -> Expectedness:
-    """Expectedness against the RSI in force at the time of the event (DOMAIN §1.1).
+    """Expectedness against the RSI in force at the time of the event (docs/domain.md §1.1).
 
     The RSI in force on a date is the latest version effective on or before it. For a partial onset
     every version that may have been in force during the onset period is considered, and the event
@@ -313,7 +313,7 @@ def determine_susar(
     Related if either the investigator or the sponsor judges it related: the sponsor can upgrade
     but never downgrade the investigator's causality (EU CTR Annex III §2.1). While the investigator's
     causality is missing the sponsor must ask for it, and the event is treated as related meanwhile
-    (conservative). ``serious`` is the combined judgement (investigator or sponsor, DOMAIN §1.1);
+    (conservative). ``serious`` is the combined judgement (investigator or sponsor, docs/domain.md §1.1);
     ``expected`` comes from ``assess_expectedness`` against the RSI in force at onset.
     """
     if not isinstance(serious, bool) or not isinstance(expected, bool):

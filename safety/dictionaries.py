@@ -1,4 +1,4 @@
-"""Loading the coding dictionaries (DOMAIN.md Part A §1.3, §7).
+"""Loading the coding dictionaries (docs/domain.md Part A §1.3, §7).
 
 - CTCAE: the shipped v5.0 subset (``safety/data/ctcae_v5_subset.csv``, NCI, public domain, grade texts
   paraphrased, no MedDRA codes), or the full NCI spreadsheet that the user downloads and saves as

@@ -1,5 +1,5 @@
 """Dose-limiting toxicity: the per-study definition as versioned data, and the evaluation of one
-participant's events against it (DOMAIN.md Part A §3.6). Pure functions over plain values; the
+participant's events against it (docs/domain.md Part A §3.6). Pure functions over plain values; the
 selectors feed them database rows and the SRC's adjudications.
 
 Day 0 is the infusion day; the DLT window is Day 0 to Day ``window_days`` inclusive. An event whose
@@ -18,10 +18,10 @@ from typing import Any
 from safety.ae_rules import PartialDate
 from safety.rules_data import InputError, get_rules
 
-# DOMAIN §3.6 typical definition: related grade >= 3 AE in the window, grade >= 3 CRS, grade >= 2
+# docs/domain.md §3.6 typical definition: related grade >= 3 AE in the window, grade >= 3 CRS, grade >= 2
 # ICANS, any related SAE. ``None`` switches a criterion off.
 DEFAULT_DLT_CONFIG: dict[str, Any] = {
-    "source": "DOMAIN.md Part A §3.6 (typical cell-therapy DLT definition)",
+    "source": "docs/domain.md Part A §3.6 (typical cell-therapy DLT definition)",
     "window_days": None,  # None: the study's dlt_window_days
     "related_grade_min": 3,
     "related_to": ["product"],  # causality targets that make an AE "related": product, leukapheresis, procedures
@@ -190,7 +190,7 @@ def evaluate_participant(
     """The participant's DLT state from their events (before any SRC adjudication).
 
     Evaluable: had a DLT in the window, or completed the window without one. Not evaluable: left the
-    study inside the window without a DLT (to be replaced, DOMAIN §3.6). Otherwise still in window.
+    study inside the window without a DLT (to be replaced, docs/domain.md §3.6). Otherwise still in window.
     """
     if infusion_date is None:
         return ParticipantDLT(DLTState.NOT_TREATED, False, None, None, reason="not infused")

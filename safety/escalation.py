@@ -1,4 +1,4 @@
-"""Dose-escalation decisions and Bayesian toxicity stopping rules (DOMAIN.md Part A §3.7-3.8).
+"""Dose-escalation decisions and Bayesian toxicity stopping rules (docs/domain.md Part A §3.7-3.8).
 
 Pure functions: the caller counts DLT-evaluable subjects and DLTs (after SRC adjudication) and
 records the returned decision, rule text and rule version.
@@ -16,7 +16,7 @@ from scipy.stats import beta as beta_distribution
 from safety.rules_data import InputError, get_rules
 
 # ---------------------------------------------------------------------------------------------
-# 3+3 (DOMAIN §3.7)
+# 3+3 (docs/domain.md §3.7)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -85,7 +85,7 @@ def three_plus_three(
     above_exceeds_mtd: bool = False,
     rules: Mapping[str, Any] | None = None,
 ) -> EscalationDecision:
-    """3+3 decision at dose level d (DOMAIN §3.7).
+    """3+3 decision at dose level d (docs/domain.md §3.7).
 
     ``below`` is the level d-1 (None only at the lowest level). ``above_exceeds_mtd`` says that d+1
     already exceeded the MTD, i.e. this level is being filled to 6 after a de-escalation.
@@ -234,7 +234,7 @@ def three_plus_three(
 
 
 # ---------------------------------------------------------------------------------------------
-# Bayesian beta-binomial continuous monitoring (DOMAIN §3.8)
+# Bayesian beta-binomial continuous monitoring (docs/domain.md §3.8)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -356,7 +356,7 @@ def operating_characteristics(rule: BetaBinomialRule, true_rate: float) -> Opera
 
 
 def operating_characteristics_table(rule: BetaBinomialRule, true_rates: Sequence[float]) -> dict[float, float]:
-    """P(stop) by true rate: always show this next to the boundary table (DOMAIN §3.8)."""
+    """P(stop) by true rate: always show this next to the boundary table (docs/domain.md §3.8)."""
     return {rate: operating_characteristics(rule, rate).p_stop for rate in true_rates}
 
 

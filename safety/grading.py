@@ -1,4 +1,4 @@
-"""Computed toxicity grades for cell-therapy AEs of special interest (DOMAIN.md Part A §3.1-3.3).
+"""Computed toxicity grades for cell-therapy AEs of special interest (docs/domain.md Part A §3.1-3.3).
 
 The platform computes the grade from structured inputs; the investigator may override it with a
 recorded reason (``apply_investigator_grade``). Every result carries the scale name and the rule
@@ -83,7 +83,7 @@ def _count(field: str, value: object, maximum: int | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# CRS, ASTCT 2019 (DOMAIN §3.1)
+# CRS, ASTCT 2019 (docs/domain.md §3.1)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -232,7 +232,7 @@ def grade_crs(inputs: CRSInputs, *, rules: Mapping[str, Any] | None = None) -> G
 
 
 # ---------------------------------------------------------------------------------------------
-# ICANS, ASTCT 2019 (DOMAIN §3.2)
+# ICANS, ASTCT 2019 (docs/domain.md §3.2)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -371,7 +371,7 @@ def grade_icans(inputs: ICANSInputs, *, rules: Mapping[str, Any] | None = None) 
 
 
 # ---------------------------------------------------------------------------------------------
-# Infusion-related reaction, CTCAE v5 (DOMAIN §3.3)
+# Infusion-related reaction, CTCAE v5 (docs/domain.md §3.3)
 # ---------------------------------------------------------------------------------------------
 
 

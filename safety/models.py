@@ -1,5 +1,5 @@
 """Safety data: adverse events, graded toxicities of special interest, SAE cases and their expedited
-reports, clock notifications, DLT definitions and adjudications (DOMAIN.md Part A).
+reports, clock notifications, DLT definitions and adjudications (docs/domain.md Part A).
 
 Clinical records inherit ``VersionedModel`` (optimistic version, voiding instead of deletion) and are
 ``@audited``. Reference dictionaries (CTCAE, MedDRA) are versioned, loaded by commands and never
@@ -45,7 +45,7 @@ def validate_time_zone(value: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Controlled terminology (CDISC CT, DOMAIN §1.4; check against the current NCI-EVS release)
+# Controlled terminology (CDISC CT, docs/domain.md §1.4; check against the current NCI-EVS release)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -76,12 +76,12 @@ class ActionTaken(models.TextChoices):
     UNKNOWN = "UNKNOWN", "Unknown"
 
 
-# Only meaningful for an event that starts while the product is being infused (DOMAIN §1.4).
+# Only meaningful for an event that starts while the product is being infused (docs/domain.md §1.4).
 DURING_INFUSION_ACTIONS = (ActionTaken.DRUG_INTERRUPTED, ActionTaken.DOSE_RATE_REDUCED)
 
 
 class AECategory(models.TextChoices):
-    """Sponsor categories (AECAT), the events of special interest first (DOMAIN §3)."""
+    """Sponsor categories (AECAT), the events of special interest first (docs/domain.md §3)."""
 
     INFUSION_REACTION = "INFUSION REACTION", "Infusion reaction"
     CRS = "CRS", "Cytokine release syndrome"
@@ -108,7 +108,7 @@ SERIOUSNESS_CRITERIA = (
 
 
 class CTCAETerm(models.Model):
-    """One CTCAE term of one CTCAE version with its SOC and grade texts. No MedDRA codes (DOMAIN §7):
+    """One CTCAE term of one CTCAE version with its SOC and grade texts. No MedDRA codes (docs/domain.md §7):
     the open identifier is the NCI Thesaurus C-code. A blank grade text is CTCAE's dash: that grade
     does not exist for the term."""
 
@@ -334,7 +334,7 @@ class AdverseEvent(VersionedModel):
                 condition=(Q(serious=True) & _ANY_CRITERION) | (Q(serious=False) & ~_ANY_CRITERION),
                 name="ae_serious_iff_criterion",
             ),
-            # Grade 5 <=> outcome FATAL <=> "results in death" (DOMAIN §1.4).
+            # Grade 5 <=> outcome FATAL <=> "results in death" (docs/domain.md §1.4).
             models.CheckConstraint(
                 condition=Q(grade=5, outcome=Outcome.FATAL, death=True)
                 | (~Q(grade=5) & ~Q(outcome=Outcome.FATAL) & Q(death=False)),
@@ -381,7 +381,7 @@ class AdverseEvent(VersionedModel):
 
 class ToxicityAssessment(VersionedModel):
     """Common part of a computed toxicity grade: the inputs live in the subclass; the platform
-    computes the grade and the investigator may override it only with a reason (DOMAIN §3.2)."""
+    computes the grade and the investigator may override it only with a reason (docs/domain.md §3.2)."""
 
     adverse_event = models.ForeignKey(AdverseEvent, on_delete=models.PROTECT, related_name="+")
     assessed_at = models.DateTimeField(help_text="The time point of the worst findings.")
@@ -422,7 +422,7 @@ class ToxicityAssessment(VersionedModel):
 
 @audited
 class CRSAssessment(ToxicityAssessment):
-    """ASTCT CRS grading inputs (DOMAIN §3.1): fever, hypotension with pressors, oxygen device and flow."""
+    """ASTCT CRS grading inputs (docs/domain.md §3.1): fever, hypotension with pressors, oxygen device and flow."""
 
     class OxygenDevice(models.TextChoices):
         NONE = "none", "None (room air)"
@@ -457,7 +457,7 @@ class CRSAssessment(ToxicityAssessment):
 
 @audited
 class ICANSAssessment(ToxicityAssessment):
-    """ASTCT ICANS grading inputs (DOMAIN §3.2): ICE items (or CAPD for children <= 12), consciousness,
+    """ASTCT ICANS grading inputs (docs/domain.md §3.2): ICE items (or CAPD for children <= 12), consciousness,
     seizure, motor findings and raised intracranial pressure."""
 
     class Consciousness(models.TextChoices):
@@ -507,7 +507,7 @@ class ICANSAssessment(ToxicityAssessment):
 
 
 # ---------------------------------------------------------------------------------------------
-# Serious adverse events and expedited reporting (DOMAIN §2.1-2.2)
+# Serious adverse events and expedited reporting (docs/domain.md §2.1-2.2)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -729,7 +729,7 @@ class Notification(models.Model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Dose-limiting toxicity (DOMAIN §3.6-3.8)
+# Dose-limiting toxicity (docs/domain.md §3.6-3.8)
 # ---------------------------------------------------------------------------------------------
 
 

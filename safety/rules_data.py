@@ -1,4 +1,4 @@
-"""Versioned rule data for the safety engines (DOMAIN.md Part A, design principle: thresholds,
+"""Versioned rule data for the safety engines (docs/domain.md Part A, design principle: thresholds,
 timelines and grading tables are data, not code).
 
 Each rule family holds one or more versions. A version is an immutable mapping with at least a
@@ -19,7 +19,7 @@ from typing import Any
 
 class InputError(ValueError):
     """Bad input to a rule engine. ``field`` names the offending input so that the service layer can
-    show the message on the right form field (STYLE.md §4)."""
+    show the message on the right form field (docs/style.md §4)."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -38,13 +38,13 @@ def _freeze(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Cell-therapy toxicity grading (DOMAIN §3.1-3.3)
+# Cell-therapy toxicity grading (docs/domain.md §3.1-3.3)
 # ---------------------------------------------------------------------------------------------
 
 CRS_ASTCT_2019_V1 = {
     "version": "crs-astct-2019.1",
     "scale": "ASTCT CRS consensus grading (Lee et al. 2019)",
-    "source": "DOMAIN.md Part A §3.1",
+    "source": "docs/domain.md Part A §3.1",
     # Fever >= this temperature (not attributable to another cause) is required for any grade,
     # unless it has been masked by antipyretic or anti-cytokine therapy.
     "fever_threshold_c": 38.0,
@@ -70,7 +70,7 @@ CRS_ASTCT_2019_V1 = {
 ICANS_ASTCT_2019_V1 = {
     "version": "icans-astct-2019.1",
     "scale": "ASTCT ICANS consensus grading (Lee et al. 2019)",
-    "source": "DOMAIN.md Part A §3.2",
+    "source": "docs/domain.md Part A §3.2",
     # Children at or below this age (or with developmental delay) are assessed with CAPD, not ICE.
     "capd_max_age_years": 12,
     # ICE items and their maximum points; ICE = 10 means no impairment.
@@ -105,7 +105,7 @@ ICANS_ASTCT_2019_V1 = {
 INFUSION_REACTION_CTCAE5_V1 = {
     "version": "irr-ctcae5.1",
     "scale": "CTCAE v5.0 Infusion related reaction",
-    "source": "DOMAIN.md Part A §3.3",
+    "source": "docs/domain.md Part A §3.3",
     "grade_text": {
         1: "Mild transient reaction; infusion interruption not indicated; intervention not indicated.",
         2: "Infusion interruption or symptomatic treatment indicated, with prompt response.",
@@ -118,12 +118,12 @@ INFUSION_REACTION_CTCAE5_V1 = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# AE record consistency and causality (DOMAIN §1.2, §1.4)
+# AE record consistency and causality (docs/domain.md §1.2, §1.4)
 # ---------------------------------------------------------------------------------------------
 
 AE_CONSISTENCY_V1 = {
     "version": "ae-consistency-2025.1",
-    "source": "DOMAIN.md Part A §1.4 (SDTM AE, CDASH AE)",
+    "source": "docs/domain.md Part A §1.4 (SDTM AE, CDASH AE)",
     "criteria": {
         "death": "AESDTH",
         "life_threatening": "AESLIFE",
@@ -152,14 +152,14 @@ AE_CONSISTENCY_V1 = {
 
 CAUSALITY_5POINT_V1 = {
     "version": "causality-5pt-2025.1",
-    "source": "DOMAIN.md Part A §1.2 (5-point protocol scale; NCT02428309 mapping)",
+    "source": "docs/domain.md Part A §1.2 (5-point protocol scale; NCT02428309 mapping)",
     "scale": ["not related", "unlikely", "possibly", "probably", "definitely"],
     "related": ["possibly", "probably", "definitely"],
 }
 
 CAUSALITY_WHO_UMC_V1 = {
     "version": "causality-who-umc-2025.1",
-    "source": "DOMAIN.md Part A §1.2 (WHO-UMC)",
+    "source": "docs/domain.md Part A §1.2 (WHO-UMC)",
     "scale": ["certain", "probable", "possible", "unlikely", "conditional", "unassessable"],
     # Conditional/unclassified and unassessable/unclassifiable cannot exclude a reasonable
     # possibility of causation, so they are mapped to "related" (the conservative choice).
@@ -167,12 +167,12 @@ CAUSALITY_WHO_UMC_V1 = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Expedited reporting clocks (DOMAIN §2.1-2.2)
+# Expedited reporting clocks (docs/domain.md §2.1-2.2)
 # ---------------------------------------------------------------------------------------------
 
 CLOCKS_V1 = {
     "version": "clocks-ich-fda-eu-2025.1",
-    "source": "DOMAIN.md Part A §2.1 (EU CTR Art 41(2)), §2.2 (ICH E2A, 21 CFR 312.32, EU CTR Art 42)",
+    "source": "docs/domain.md Part A §2.1 (EU CTR Art 41(2)), §2.2 (ICH E2A, 21 CFR 312.32, EU CTR Art 42)",
     "site_to_sponsor_hours": 24,
     "fatal_or_life_threatening_days": 7,
     "other_susar_days": 15,
@@ -184,12 +184,12 @@ CLOCKS_V1 = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Dose escalation and stopping rules (DOMAIN §3.7-3.8)
+# Dose escalation and stopping rules (docs/domain.md §3.7-3.8)
 # ---------------------------------------------------------------------------------------------
 
 THREE_PLUS_THREE_V1 = {
     "version": "3+3-2025.1",
-    "source": "DOMAIN.md Part A §3.7",
+    "source": "docs/domain.md Part A §3.7",
     "cohort_size": 3,
     "expanded_size": 6,
     # At 3 evaluable: 0 DLT escalate, 1 DLT expand, >= 2 exceeds the MTD.
@@ -200,7 +200,7 @@ THREE_PLUS_THREE_V1 = {
 
 BAYES_DLT_EXAMPLE_V1 = {
     "version": "bayes-dlt-beta-0.4-1.6-2025.1",
-    "source": "DOMAIN.md Part A §3.8 worked example",
+    "source": "docs/domain.md Part A §3.8 worked example",
     "prior_a": 0.4,
     "prior_b": 1.6,
     "theta0": 0.20,

@@ -1,4 +1,4 @@
-"""Safety reads, scoped by the requesting user (STYLE.md §2).
+"""Safety reads, scoped by the requesting user (docs/style.md §2).
 
 AE rows reach their site through the participant, so every AE queryset is filtered with the
 casebook's own scope (``trials.selectors._scope(..., prefix="participant__")``): a coordinator sees
@@ -311,7 +311,7 @@ def _counts(rows: list[ParticipantDLTRow]) -> tuple[LevelCounts, int]:
 
 
 def cohort_escalation(*, study: Study, today: dt.date) -> list[CohortEscalation]:
-    """The 3+3 decision at every dose level (DOMAIN §3.7), from the cohort's DLT counts.
+    """The 3+3 decision at every dose level (docs/domain.md §3.7), from the cohort's DLT counts.
 
     A level whose counts the 3+3 rules cannot take (e.g. more than 6 evaluable, or the level below
     already beyond the MTD) shows why instead of a decision.
@@ -376,7 +376,7 @@ def stopping_rule_status(
     *, study: Study, today: dt.date, cohorts: list[CohortEscalation] | None = None
 ) -> StoppingRuleView:
     """The Bayesian beta-binomial stopping rule over the study's DLT-evaluable participants (pooled,
-    DOMAIN §3.8), with its boundary table and operating characteristics."""
+    docs/domain.md §3.8), with its boundary table and operating characteristics."""
     config = dlt_config(study)
     definition = dlt_definition(study)
     rule = BetaBinomialRule(
@@ -421,7 +421,7 @@ class Dashboard:
 
 
 def safety_dashboard(*, user, study: Study, now: dt.datetime) -> Dashboard:
-    """What the monitors' safety dashboard shows (DOMAIN §6), within the user's scope. The dose
+    """What the monitors' safety dashboard shows (docs/domain.md §6), within the user's scope. The dose
     escalation panels need the whole study, so they are left out for site-bound roles."""
     aes = list(
         adverse_event_list(user=user, study=study)

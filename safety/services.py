@@ -1,4 +1,4 @@
-"""Business rules and writes for safety data (DOMAIN.md Part A). Forms, the API and Celery tasks call
+"""Business rules and writes for safety data (docs/domain.md Part A). Forms, the API and Celery tasks call
 these functions; nothing else writes safety rows.
 
 As in ``trials.services``: each public function owns its transaction (``atomic(durable=True)``),
@@ -124,7 +124,7 @@ def _not_future_time(field: str, value: dt.datetime | None, label: str, now: dt.
 
 
 # ---------------------------------------------------------------------------------------------
-# Adverse events (DOMAIN §1.1-1.4)
+# Adverse events (docs/domain.md §1.1-1.4)
 # ---------------------------------------------------------------------------------------------
 
 # Fields a coordinator enters; everything else on the AE is derived or system-set.
@@ -169,7 +169,7 @@ def _normalise_causality(value: str | None, rules: Mapping[str, Any], field: str
 
 
 def _ae_problems(ae: AdverseEvent, participant: Participant, profile: StudySafetyProfile) -> dict[str, str]:
-    """Every rule the AE breaks, as ``{field: message}`` (DOMAIN §1.4 plus the dictionary and
+    """Every rule the AE breaks, as ``{field: message}`` (docs/domain.md §1.4 plus the dictionary and
     single-infusion rules); derives ``treatment_emergent`` and the infusion link on the way."""
     consent = _first_consent(participant)
     problems = check_ae_consistency(
@@ -238,7 +238,7 @@ def _ae_problems(ae: AdverseEvent, participant: Participant, profile: StudySafet
     ae.infusion = None
     ae.treatment_emergent = False
     if onset is not None and infusion is not None:
-        # Day 0 is the infusion's local date at the site (DOMAIN §1.6), as in trials.
+        # Day 0 is the infusion's local date at the site (docs/domain.md §1.6), as in trials.
         emergence = treatment_emergent(ae.onset, infusion.start_at, tz=ZoneInfo(participant.site.timezone))
         ae.treatment_emergent = emergence.emergent
         on_infusion_day = onset.compare(PartialDate.from_date(infusion.infusion_date)) == 0
@@ -249,7 +249,7 @@ def _ae_problems(ae: AdverseEvent, participant: Participant, profile: StudySafet
                     f"An infusion reaction cannot start before the infusion ({infusion.infusion_date:%Y-%m-%d}).",
                 )
             ae.infusion = infusion
-        # Single-infusion product: interrupting or slowing it only applies during the infusion (DOMAIN §1.4).
+        # Single-infusion product: interrupting or slowing it only applies during the infusion (docs/domain.md §1.4).
         if ae.action_taken in DURING_INFUSION_ACTIONS and not on_infusion_day:
             refuse(
                 "action_taken",
@@ -412,7 +412,7 @@ def _toxicity_assessments(ae: AdverseEvent) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
-# CRS and ICANS with computed grades (DOMAIN §3.1-3.2)
+# CRS and ICANS with computed grades (docs/domain.md §3.1-3.2)
 # ---------------------------------------------------------------------------------------------
 
 _GRADED_CATEGORY = {CRSAssessment: AECategory.CRS, ICANSAssessment: AECategory.ICANS}
@@ -455,7 +455,7 @@ def _final_grade(computed: grading.GradeResult, investigator_grade: int | None, 
 
 
 def _regrade_ae(actor, ae: AdverseEvent, participant: Participant, scale: str, rule_version: str, channel: str) -> None:
-    """The AE carries the maximum final grade of its assessments (DOMAIN §1.4, max-grade policy)."""
+    """The AE carries the maximum final grade of its assessments (docs/domain.md §1.4, max-grade policy)."""
     grade = max(a.final_grade for a in _toxicity_assessments(ae))
     if grade == ae.grade and ae.grade_scale == scale:
         return
@@ -600,7 +600,7 @@ def icans_compute(
     """The ICE score and the ASTCT ICANS grade of the findings (no write; the form previews it)."""
     ice = ice_total(ice_items)
     if consciousness == ICANSAssessment.Consciousness.UNAROUSABLE and ice is None and age_years > 12:
-        ice = 0  # an unarousable patient cannot perform ICE: the score is 0 (DOMAIN §3.2)
+        ice = 0  # an unarousable patient cannot perform ICE: the score is 0 (docs/domain.md §3.2)
     try:
         return ice, grading.grade_icans(
             grading.ICANSInputs(
@@ -694,7 +694,7 @@ def icans_assessment_record(
 
 
 # ---------------------------------------------------------------------------------------------
-# SAE cases and expedited reports (DOMAIN §2.1-2.2)
+# SAE cases and expedited reports (docs/domain.md §2.1-2.2)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -967,7 +967,7 @@ def sae_sponsor_assess(
         )
         if susar.is_susar and not live_initial.exists():
             # Day 0 is the sponsor's first receipt; the qualification date only ever moves it earlier
-            # (DOMAIN §2.2: default to the conservative date).
+            # (docs/domain.md §2.2: default to the conservative date).
             clock = susar_report_clock(
                 first_receipt_at=case.sponsor_received_at,
                 qualification_at=now,
@@ -1040,7 +1040,7 @@ def expedited_report_submit(
 
 
 # ---------------------------------------------------------------------------------------------
-# Clock monitoring (DOMAIN §2; RELIABILITY.md #35-36): idempotent notifications, sent after commit
+# Clock monitoring (docs/domain.md §2; docs/reliability.md #35-36): idempotent notifications, sent after commit
 # ---------------------------------------------------------------------------------------------
 
 # Look no further ahead than the widest "due soon" threshold of any rule version.
@@ -1176,7 +1176,7 @@ def notifications_send(*, ids: Iterable[int]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Dose-limiting toxicity (DOMAIN §3.6)
+# Dose-limiting toxicity (docs/domain.md §3.6)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1230,7 +1230,7 @@ def dlt_adjudicate(
     request=None,
     channel: str = "web",
 ) -> DLTAdjudication:
-    """The safety review committee's signed decision on a participant (DOMAIN §3.6). A changed
+    """The safety review committee's signed decision on a participant (docs/domain.md §3.6). A changed
     decision needs a reason and the version it was loaded with."""
     _require_medical_monitor(actor, participant.study, "adjudicate DLTs")
     rationale = (rationale or "").strip()

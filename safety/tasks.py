@@ -1,4 +1,4 @@
-"""Celery entry points for safety. Thin (STYLE.md §8): JSON arguments, no model instances; the
+"""Celery entry points for safety. Thin (docs/style.md §8): JSON arguments, no model instances; the
 service does the work and is idempotent by its unique (report, threshold) key, so the task may be
 acknowledged late and run twice, or in two workers at once, without sending anything twice."""
 

@@ -1,4 +1,4 @@
-"""The role x site x URL matrix (RELIABILITY.md checklist #21).
+"""The role x site x URL matrix (docs/reliability.md checklist #21).
 
 Every URL the project serves must have an entry in ``POLICY``; a new URL without one fails
 ``test_every_url_has_a_policy``. Each policy says, for every role, what a GET (pages) or a POST

@@ -1,4 +1,4 @@
-"""Django admin: where a data manager builds a study (DESIGN.md §1), and a read-only window on the casebook.
+"""Django admin: where a data manager builds a study (docs/architecture.md §1), and a read-only window on the casebook.
 
 Three rules shape everything here:
 

@@ -1,4 +1,4 @@
-"""REST API for the casebook. Thin by design (STYLE.md §3): each endpoint validates shape with an
+"""REST API for the casebook. Thin by design (docs/style.md §3): each endpoint validates shape with an
 input serializer, calls the same service the web form calls, and serializes the result. Reads go
 through the scoped selectors, so another site's participant is a 404 here exactly as on the pages.
 """

@@ -1,4 +1,4 @@
-"""The one audit mechanism every app uses (DESIGN.md §4, RELIABILITY.md (b)).
+"""The one audit mechanism every app uses (docs/architecture.md §4, docs/reliability.md (b)).
 
 ``audited`` puts django-pghistory triggers on a clinical model: every insert, update and delete,
 by the ORM, ``QuerySet.update()``, bulk writes or raw SQL, lands in an append-only event table
@@ -87,7 +87,7 @@ def audit_verify(*, using: str = "default") -> tuple[int, list[str]]:
 # Reading the audit trail: a record's history and a study's audit export
 # ---------------------------------------------------------------------------------------------
 
-# Audit rows that would reveal the randomized arm: never shown to blinded users (RELIABILITY.md §0.4).
+# Audit rows that would reveal the randomized arm: never shown to blinded users (docs/reliability.md §0.4).
 BLINDED_MODELS = frozenset({"trials.randomizationslot"})
 _HIDDEN_FIELDS = frozenset({"created_at", "updated_at", "version"})
 

@@ -1,4 +1,4 @@
-"""Database-side protection of the audit trail (RELIABILITY.md (b), steps 2 and 4).
+"""Database-side protection of the audit trail (docs/reliability.md (b), steps 2 and 4).
 
 pghistory's append-only trigger alone can be bypassed by any session (``pgtrigger.ignore``) and by
 the table owner. So:
@@ -126,7 +126,7 @@ def apply_database_protection(using: str = "default") -> None:
         _execute(cursor, REQUIRE_CONTEXT_FUNCTION)
         for table in clinical:
             # An UPDATE of a clinical row must carry who and why, whatever path it takes (ORM, bulk,
-            # raw SQL): the database refuses it otherwise (RELIABILITY.md (b) step 3).
+            # raw SQL): the database refuses it otherwise (docs/reliability.md (b) step 3).
             _execute(
                 cursor,
                 sql.SQL(

@@ -1,5 +1,5 @@
 """Domain errors. Services raise these; forms show them on the named field, the API edge turns them
-into HTTP 400/409 with field messages (STYLE.md §4). They subclass Django's ``ValidationError`` so a
+into HTTP 400/409 with field messages (docs/style.md §4). They subclass Django's ``ValidationError`` so a
 ``{field: message}`` dict reaches the right form field without translation code."""
 
 from django.core.exceptions import ValidationError

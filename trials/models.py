@@ -2,7 +2,7 @@
 disease-activity assessments and disposition.
 
 Clinical dates (consent, visit, onset) are ``DateField``; system events are UTC timestamps. Day 0 is
-the infusion day (DOMAIN.md §1.6): ``protocol_day = date - infusion date``. Invariants that the
+the infusion day (docs/domain.md §1.6): ``protocol_day = date - infusion date``. Invariants that the
 database can hold are declared as constraints here as well as enforced in ``services.py``.
 """
 
@@ -249,7 +249,7 @@ class ConsentDocument(models.Model):
 
 @audited
 class StudyMembership(models.Model):
-    """A user's role in a study, at one site or (site empty) at all sites (RELIABILITY.md §3).
+    """A user's role in a study, at one site or (site empty) at all sites (docs/reliability.md §3).
     Audited (role changes are access-control events, ICH E6(R3) §4.2.2) and never deleted: a role
     is withdrawn by clearing ``is_active``."""
 
@@ -512,7 +512,7 @@ class Visit(VersionedModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Disease-activity assessments (DOMAIN.md §5), raw values with their units
+# Disease-activity assessments (docs/domain.md §5), raw values with their units
 # ---------------------------------------------------------------------------------------------
 
 
@@ -583,7 +583,7 @@ class MMTTSample(VersionedModel):
 
 @audited
 class Relapse(VersionedModel):
-    """A protocol-defined MS relapse (DOMAIN.md §5.1), recorded when it happens, not per visit."""
+    """A protocol-defined MS relapse (docs/domain.md §5.1), recorded when it happens, not per visit."""
 
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="relapses")
     onset_date = models.DateField()
@@ -598,7 +598,7 @@ class Relapse(VersionedModel):
 @audited
 class RescueTherapy(VersionedModel):
     """A rescue or new disease-modifying therapy started after the infusion: an intercurrent event
-    for remission durability (ICH E9(R1); DOMAIN.md Part B §2), whatever the indication."""
+    for remission durability (ICH E9(R1); docs/domain.md Part B §2), whatever the indication."""
 
     class Category(models.TextChoices):
         CORTICOSTEROID = "corticosteroid", "Systemic corticosteroid"
@@ -631,7 +631,7 @@ class RescueTherapy(VersionedModel):
 
 @audited
 class InsulinDoseChange(VersionedModel):
-    """One dated change of a T1D participant's total daily exogenous insulin (DOMAIN.md §5.2): the
+    """One dated change of a T1D participant's total daily exogenous insulin (docs/domain.md §5.2): the
     log is a step function, each dose holding from its ``effective_date`` until the next change.
     A dose of 0 means insulin was stopped."""
 
@@ -768,7 +768,7 @@ class Signature(models.Model):
 @audited
 class RandomizationSlot(models.Model):
     """One entry of a blinded study's allocation list (per cohort, in sequence). Stored apart from the
-    participant and reachable only through the unblinded selectors (RELIABILITY.md §3, blinding)."""
+    participant and reachable only through the unblinded selectors (docs/reliability.md §3, blinding)."""
 
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="randomization_slots")
     cohort = models.ForeignKey(DoseCohort, on_delete=models.PROTECT, related_name="randomization_slots")

@@ -1,6 +1,6 @@
 """Reads, scoped by the requesting user. Every view and API endpoint fetches clinical objects here.
 
-One chokepoint per object type (STYLE.md §2): ``participant_get`` returns the participant or raises
+One chokepoint per object type (docs/style.md §2): ``participant_get`` returns the participant or raises
 404 when it is outside the user's scope, so nobody can learn whether an id exists at another site.
 ``participant_get(..., write=True)`` additionally requires a data-entry role (403 otherwise).
 """
@@ -331,7 +331,7 @@ def is_unblinded(user, study: Study) -> bool:
 
 def allocation_for(*, user, participant: Participant) -> str | None:
     """The randomized arm, only for unblinded members of a blinded study; None for everyone else.
-    The one read path to ``RandomizationSlot`` (RELIABILITY.md §3, blinding)."""
+    The one read path to ``RandomizationSlot`` (docs/reliability.md §3, blinding)."""
     from trials.models import RandomizationSlot
 
     if not participant.study.is_blinded or not is_unblinded(user, participant.study):

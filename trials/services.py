@@ -691,7 +691,7 @@ def visit_add_unscheduled(
 # Disease-activity assessments
 # ---------------------------------------------------------------------------------------------
 
-# Physiological ranges, with the unit in the message (DOMAIN.md §5). (min, max) inclusive.
+# Physiological ranges, with the unit in the message (docs/domain.md §5). (min, max) inclusive.
 RANGES: dict[str, tuple[Decimal, Decimal, str]] = {
     "edss": (Decimal("0"), Decimal("10"), "EDSS"),
     "hba1c:%": (Decimal("3"), Decimal("20"), "HbA1c (%)"),
@@ -885,7 +885,7 @@ def relapse_record(
         raise RuleViolation("Relapses are recorded in multiple sclerosis studies only.")
     _not_future("onset_date", onset_date, "Relapse onset")
     _ensure_consented_by(participant, "onset_date", onset_date, "relapse")
-    # DOMAIN.md §5.1: a protocol-defined relapse starts >= 30 days after the previous one's onset.
+    # docs/domain.md §5.1: a protocol-defined relapse starts >= 30 days after the previous one's onset.
     window = dt.timedelta(days=30)
     close = participant.relapses.filter(
         voided_at__isnull=True, onset_date__gt=onset_date - window, onset_date__lt=onset_date + window
@@ -1092,7 +1092,7 @@ def disposition_record(
 
 
 # ---------------------------------------------------------------------------------------------
-# Integrity: locking, voiding, e-signatures, blinding (RELIABILITY.md §B, §C)
+# Integrity: locking, voiding, e-signatures, blinding (docs/reliability.md §B, §C)
 # ---------------------------------------------------------------------------------------------
 
 

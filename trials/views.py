@@ -1,4 +1,4 @@
-"""The site coordinators' pages. Thin on purpose (STYLE.md §1-§3):
+"""The site coordinators' pages. Thin on purpose (docs/style.md §1-§3):
 
 - every participant or visit is fetched through ``trials.selectors`` (404 outside the user's scope,
   403 on a write page for a read-only role), for GET and POST alike;

@@ -136,7 +136,7 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "trials:home"
 LOGOUT_REDIRECT_URL = "login"
 
-# Sessions live in PostgreSQL so that Redis being down never blocks a login (DESIGN.md §4).
+# Sessions live in PostgreSQL so that Redis being down never blocks a login (docs/architecture.md §4).
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 SESSION_COOKIE_AGE = env_int("TOLERANCE_SESSION_IDLE_SECONDS", 30 * 60, minimum=60)
 SESSION_SAVE_EVERY_REQUEST = True  # idle timeout: the clock restarts on every request

@@ -1,4 +1,4 @@
-"""Test settings: the same as base, with a fast password hasher (STYLE.md §17)."""
+"""Test settings: the same as base, with a fast password hasher (docs/style.md §17)."""
 
 from config.settings.base import *  # noqa: F403
 

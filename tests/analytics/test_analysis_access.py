@@ -1,4 +1,4 @@
-"""Role x URL matrix of the analytics pages and endpoints (RELIABILITY.md checklist #21, as in
+"""Role x URL matrix of the analytics pages and endpoints (docs/reliability.md checklist #21, as in
 tests/test_access_matrix.py): statisticians, data managers and medical monitors see the analyses;
 site roles are refused (403 on a study page of their study, 404 on an analysis); roles outside
 the study get 404; the definition and data cuts belong to statisticians and data managers."""

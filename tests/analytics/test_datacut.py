@@ -126,7 +126,7 @@ class TestDataCutCreate:
 
 
 class TestDerivation:
-    """The time-to-relapse rows of the scripted participants (DOMAIN.md Part B §2)."""
+    """The time-to-relapse rows of the scripted participants (docs/domain.md Part B §2)."""
 
     @pytest.fixture
     def rows(self, trial):

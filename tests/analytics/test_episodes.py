@@ -1,4 +1,4 @@
-"""Remission episodes and time-to-event rows (DOMAIN.md §5 generic algorithm; Part B §2)."""
+"""Remission episodes and time-to-event rows (docs/domain.md §5 generic algorithm; Part B §2)."""
 
 import datetime as dt
 import json

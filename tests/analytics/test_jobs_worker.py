@@ -1,6 +1,6 @@
 """Analysis jobs on a REAL Celery worker process, against Redis and the pytest test database
-(STYLE.md: eager mode would run the task inside the test's transaction and hide serialization and
-commit-timing bugs; RELIABILITY.md §36: a worker killed mid-task, the job completes exactly once).
+(docs/style.md: eager mode would run the task inside the test's transaction and hide serialization and
+commit-timing bugs; docs/reliability.md §36: a worker killed mid-task, the job completes exactly once).
 
 Needs ``CELERY_BROKER_URL`` (CI: ``redis://127.0.0.1:6379/14``); the Redis database it names is
 dedicated to these tests and is emptied first. Without it these tests fail, on purpose.

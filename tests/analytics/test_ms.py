@@ -1,4 +1,4 @@
-"""Multiple sclerosis: confirmed disability worsening and NEDA-3 (DOMAIN.md §5.1)."""
+"""Multiple sclerosis: confirmed disability worsening and NEDA-3 (docs/domain.md §5.1)."""
 
 import datetime as dt
 from decimal import Decimal

@@ -1,4 +1,4 @@
-"""Rheumatoid-arthritis scores and remission (DOMAIN.md §5.3)."""
+"""Rheumatoid-arthritis scores and remission (docs/domain.md §5.3)."""
 
 import math
 from decimal import Decimal

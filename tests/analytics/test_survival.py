@@ -1,5 +1,5 @@
 """Behaviour of analytics/survival.py beyond the published anchors: hand computations, lifelines
-pitfalls (DOMAIN.md Part B §0-§1), determinism and the JSON contract."""
+pitfalls (docs/domain.md Part B §0-§1), determinism and the JSON contract."""
 
 import json
 import math
@@ -154,7 +154,7 @@ def test_rmst_point_estimate_agrees_with_lifelines_but_its_variance_is_not_a_sta
     kmf = KaplanMeierFitter().fit(frame["duration"], frame["event"])
     point, variance = lifelines_rmst(kmf, t=730, return_variance=True)
     assert ours["rmst"] == pytest.approx(point, rel=1e-9)
-    # lifelines' "variance" is Var[min(T, τ)], the spread of the truncated times (DOMAIN.md Part B §1).
+    # lifelines' "variance" is Var[min(T, τ)], the spread of the truncated times (docs/domain.md Part B §1).
     assert math.sqrt(variance) > 5 * ours["se"]
 
 
@@ -228,7 +228,7 @@ def test_cox_reports_a_proportional_hazards_check_per_covariate():
 
 def test_turnbull_with_exact_times_reduces_to_kaplan_meier():
     # Exactly known deaths (lower = upper) and right-censoring (upper = ∞) make the NPMLE the KM, so
-    # the R values of DOMAIN.md §3 for lung ph.ecog = 0 (S = .841, .535, .193; median 394) reappear.
+    # the R values of docs/domain.md §3 for lung ph.ecog = 0 (S = .841, .535, .193; median 394) reappear.
     frame = lung_ecog0()
     intervals = pd.DataFrame(
         {"lower": frame["duration"], "upper": np.where(frame["event"] == 1, frame["duration"], np.inf)}

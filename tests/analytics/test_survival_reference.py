@@ -1,9 +1,9 @@
-"""Validation against published / R reference values, as listed in DOMAIN.md Part B §3.
+"""Validation against published / R reference values, as listed in docs/domain.md Part B §3.
 
-Every expected number below is typed from DOMAIN.md §3 (which cites the Fox & Weisberg Cox appendix,
+Every expected number below is typed from docs/domain.md §3 (which cites the Fox & Weisberg Cox appendix,
 the lifelines test-suite's R values, R ``survival``'s saved test output and Klein & Moeschberger), never
 produced by the code under test. The tolerance is the precision the reference is printed with: half a
-unit in its last digit (DOMAIN.md §3 calls these matches "exact").
+unit in its last digit (docs/domain.md §3 calls these matches "exact").
 
 The data sets ship with lifelines and are loaded into the same frame shape our extraction produces
 (``duration``, ``event``, ``group``, covariates).

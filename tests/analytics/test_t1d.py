@@ -1,4 +1,4 @@
-"""Type 1 diabetes derivations: IDAA1c, MMTT C-peptide, insulin independence (DOMAIN.md §5.2)."""
+"""Type 1 diabetes derivations: IDAA1c, MMTT C-peptide, insulin independence (docs/domain.md §5.2)."""
 
 import datetime as dt
 from decimal import Decimal

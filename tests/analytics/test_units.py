@@ -1,4 +1,4 @@
-"""Unit conversions (analytics/units.py; DOMAIN.md §5.2, §5.3)."""
+"""Unit conversions (analytics/units.py; docs/domain.md §5.2, §5.3)."""
 
 from decimal import Decimal
 
@@ -25,7 +25,7 @@ def test_ifcc_hba1c_converts_to_the_published_dcct_equivalents(mmol_per_mol, per
 
 
 def test_hba1c_conversion_is_the_domain_formula():
-    # DOMAIN.md §5.2: % = mmol/mol / 10.929 + 2.15
+    # docs/domain.md §5.2: % = mmol/mol / 10.929 + 2.15
     assert units.hba1c_ifcc_to_dcct(53) == Decimal(53) / Decimal("10.929") + Decimal("2.15")
     assert units.hba1c_percent("7.1", "%") == Decimal("7.1")
 
@@ -43,7 +43,7 @@ def test_hba1c_conversion_is_increasing(a, b):
 
 
 def test_c_peptide_units_convert_to_nmol_per_litre():
-    assert units.c_peptide_nmol_l(1, "ng/mL") == Decimal("0.331")  # DOMAIN.md §5.2
+    assert units.c_peptide_nmol_l(1, "ng/mL") == Decimal("0.331")  # docs/domain.md §5.2
     assert units.c_peptide_nmol_l(300, "pmol/L") == Decimal("0.3")  # the IDAA1c ≤ 9 equivalent, 300 pmol/L
     assert units.c_peptide_nmol_l("0.2", "nmol/L") == Decimal("0.2")
     assert units.c_peptide_nmol_l("0.2", "pmol/mL") == Decimal("0.2")

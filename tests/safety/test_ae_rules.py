@@ -1,4 +1,4 @@
-"""AE consistency checks, partial dates, treatment-emergence and causality (DOMAIN.md Part A §1.2, §1.4)."""
+"""AE consistency checks, partial dates, treatment-emergence and causality (docs/domain.md Part A §1.2, §1.4)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_a_serious_ae_with_one_criterion_is_accepted(criterion):
 
 
 def test_grade_and_seriousness_are_independent():
-    # DOMAIN §1.1: a grade 3 headache can be non-serious and a grade 2 event serious.
+    # docs/domain.md §1.1: a grade 3 headache can be non-serious and a grade 2 event serious.
     assert check(grade=3) == {}
     assert check(grade=2, serious=True, hospitalisation=True) == {}
 

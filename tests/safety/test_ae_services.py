@@ -1,4 +1,4 @@
-"""Adverse-event capture through the services (DOMAIN.md Part A §1.1-1.4): derived fields, every
+"""Adverse-event capture through the services (docs/domain.md Part A §1.1-1.4): derived fields, every
 consistency refusal naming its field and saving nothing, edits with a reason and a version, access,
 and the database constraints that back the rules."""
 
@@ -328,7 +328,7 @@ def test_only_data_entry_roles_record(study, participant, ctcae):
 
 def test_day_0_is_the_infusions_local_date_at_the_site(study, sites, coordinator_site_a, ctcae, now):
     """An infusion at 20:00 UTC on 3 February is on 4 February in Tokyo: an AE that started on the 3rd
-    began before the infusion there (DOMAIN §1.6)."""
+    began before the infusion there (docs/domain.md §1.6)."""
     site = sites[0]
     site.timezone = "Asia/Tokyo"
     with audit_context(actor=coordinator_site_a, reason="site is in Japan"):

@@ -1,4 +1,4 @@
-"""The reporting-clock monitor (DOMAIN.md Part A §2; RELIABILITY.md #35-36): one notification per
+"""The reporting-clock monitor (docs/domain.md Part A §2; docs/reliability.md #35-36): one notification per
 report and threshold, emailed after commit, never twice, also when two runs overlap; and the thin
 Celery task and beat entry that drive it."""
 
@@ -186,7 +186,7 @@ class TestTask:
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_real_worker_runs_the_task_from_redis(sae, mailoutbox):
-    """The task through Redis and a real worker thread (STYLE.md: no eager mode for task tests): the
+    """The task through Redis and a real worker thread (docs/style.md: no eager mode for task tests): the
     worker's own connection sees the committed report, and runs the service exactly once.
 
     A Celery app of its own, configured like the project's but with a broker: the project's app is

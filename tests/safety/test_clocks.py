@@ -1,6 +1,6 @@
-"""Expedited reporting clocks and SUSAR determination (DOMAIN.md Part A §1.1-1.2, §2.1-2.2).
+"""Expedited reporting clocks and SUSAR determination (docs/domain.md Part A §1.1-1.2, §2.1-2.2).
 
-Times are pinned at the exact boundaries (STYLE.md §16): the last on-time instant, one second (or
+Times are pinned at the exact boundaries (docs/style.md §16): the last on-time instant, one second (or
 microsecond) before and after.
 """
 

@@ -1,4 +1,4 @@
-"""Coding dictionaries (DOMAIN.md Part A §1.3, §7): the shipped CTCAE v5.0 subset, the importer for
+"""Coding dictionaries (docs/domain.md Part A §1.3, §7): the shipped CTCAE v5.0 subset, the importer for
 NCI's full spreadsheet saved as CSV, and the MedDRA ASCII loader, tested with a small synthetic
 dictionary in the MedDRA file layout written by the test (no MedDRA content ships)."""
 

@@ -1,4 +1,4 @@
-"""Dose-limiting toxicity (DOMAIN.md Part A §3.6-3.8): the versioned DLT definition, each
+"""Dose-limiting toxicity (docs/domain.md Part A §3.6-3.8): the versioned DLT definition, each
 participant's DLT state, the SRC's signed adjudication, the 3+3 decision per cohort and the Bayesian
 stopping rule with its boundary table and operating characteristics."""
 

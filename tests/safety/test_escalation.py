@@ -1,4 +1,4 @@
-"""3+3 dose escalation and the Bayesian beta-binomial stopping rule (DOMAIN.md Part A §3.7-3.8)."""
+"""3+3 dose escalation and the Bayesian beta-binomial stopping rule (docs/domain.md Part A §3.7-3.8)."""
 
 from __future__ import annotations
 
@@ -282,7 +282,7 @@ def test_3_plus_3_never_escalates_past_a_toxic_level(evaluable, dlt_fraction, pe
 
 EXAMPLE = BetaBinomialRule.from_rules()
 
-# DOMAIN §3.8 worked example: n evaluable -> stop if DLTs >= this.
+# docs/domain.md §3.8 worked example: n evaluable -> stop if DLTs >= this.
 DOMAIN_BOUNDARIES = {2: 2, 3: 2, 4: 3, 5: 3, 6: 3, 7: 4, 8: 4, 9: 4, 10: 5, 11: 5, 12: 5, 13: 5}
 DOMAIN_BOUNDARIES |= {14: 6, 15: 6, 16: 6, 17: 6, 18: 7, 19: 7, 20: 7, 21: 7, 22: 8, 23: 8, 24: 8}
 

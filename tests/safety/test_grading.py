@@ -1,4 +1,4 @@
-"""ASTCT CRS / ICANS and CTCAE infusion-reaction grading (DOMAIN.md Part A §3.1-3.3)."""
+"""ASTCT CRS / ICANS and CTCAE infusion-reaction grading (docs/domain.md Part A §3.1-3.3)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def crs(temp=38.5, **kwargs):
 
 
 def test_a_febrile_patient_on_one_pressor_and_low_flow_oxygen_is_grade_3():
-    # The worked example in DOMAIN §3.1: the more severe domain (hypotension) drives the grade.
+    # The worked example in docs/domain.md §3.1: the more severe domain (hypotension) drives the grade.
     result = crs(39.0, hypotension=Hypotension.ONE_VASOPRESSOR, oxygen=OxygenSupport.LOW_FLOW)
     assert result.grade == 3
     assert result.drivers == ("hypotension",)

@@ -1,4 +1,4 @@
-"""Versioned rule data (DOMAIN.md Part A design principle: thresholds and tables are data)."""
+"""Versioned rule data (docs/domain.md Part A design principle: thresholds and tables are data)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def test_every_rule_version_names_itself_and_cites_its_domain_section():
         assert spec["current"] in spec["versions"], family
         for key, data in spec["versions"].items():
             assert data["version"] == key
-            assert data["source"].startswith("DOMAIN.md Part A §"), key
+            assert data["source"].startswith("docs/domain.md Part A §"), key
 
 
 def test_the_current_version_is_returned_by_default_and_a_pinned_one_on_request():

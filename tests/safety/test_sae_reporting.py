@@ -1,5 +1,5 @@
-"""SAE cases and expedited reports (DOMAIN.md Part A §1.1-1.2, §2.1-2.2), with time pinned at the
-clock boundaries (STYLE.md §16): the site's 24 h clock, the sponsor's assessment (never downgrading
+"""SAE cases and expedited reports (docs/domain.md Part A §1.1-1.2, §2.1-2.2), with time pinned at the
+clock boundaries (docs/style.md §16): the site's 24 h clock, the sponsor's assessment (never downgrading
 the investigator's causality), the 7/15-day SUSAR reports, the upgrade clock and follow-ups."""
 
 from __future__ import annotations

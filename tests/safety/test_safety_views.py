@@ -1,4 +1,4 @@
-"""The safety pages through the Django test client (STYLE.md §15): each POST is followed by a look at
+"""The safety pages through the Django test client (docs/style.md §15): each POST is followed by a look at
 the database; refusals show the service's message on the field and save nothing; access is 404
 outside the user's sites and 403 on write pages for read-only roles."""
 
@@ -293,7 +293,7 @@ class TestDashboard:
         html = _html(client.get(_url("escalation", study.code)))
         assert "22–24" in html
         assert "Operating characteristics" in html
-        assert "0.62" in html  # P(stop) at a true DLT rate of 30 % (DOMAIN §3.8)
+        assert "0.62" in html  # P(stop) at a true DLT rate of 30 % (docs/domain.md §3.8)
         assert participant.subject_code in html
 
     def test_the_medical_monitor_signs_a_dlt_adjudication(

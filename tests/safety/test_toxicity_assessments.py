@@ -1,4 +1,4 @@
-"""CRS and ICANS assessments through the services (DOMAIN.md Part A §3.1-3.2): the grade is computed
+"""CRS and ICANS assessments through the services (docs/domain.md Part A §3.1-3.2): the grade is computed
 from the structured findings, the AE carries the worst final grade, and the investigator may
 override only with a reason. The grading boundaries themselves are tested in test_grading.py."""
 

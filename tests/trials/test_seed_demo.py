@@ -285,7 +285,7 @@ def test_ms_participants_relapse_and_show_new_lesions(demo):
 
 def test_most_t1d_participants_keep_an_insulin_log_that_follows_their_course(demo):
     """Baseline ~0.6-0.9 U/kg/day at screening, less after the infusion, some off insulin for months
-    and some back on it (DOMAIN.md §5.2)."""
+    and some back on it (docs/domain.md §5.2)."""
     assert not InsulinDoseChange.objects.exclude(participant__study__code="treg-t1d-01").exists()
     logs = defaultdict(list)
     for change in InsulinDoseChange.objects.select_related("participant").order_by("effective_date"):

@@ -1,4 +1,4 @@
-"""The access chokepoint: who reads and who writes which participants (STYLE.md §2, §14)."""
+"""The access chokepoint: who reads and who writes which participants (docs/style.md §2, §14)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The coordinators' pages, through the Django test client: each POST is followed by a look at the
-database (STYLE.md §15), refusals show the service's own message and save nothing, and access is
+database (docs/style.md §15), refusals show the service's own message and save nothing, and access is
 404 outside the user's sites, 403 on write pages for read-only roles, a login redirect for anonymous
 users."""
 
@@ -667,7 +667,7 @@ def test_the_vendored_assets_are_served_without_a_cdn(client, coordinator_site_a
 
 
 # ---------------------------------------------------------------------------------------------
-# Query counts do not grow with the data (STYLE.md §16)
+# Query counts do not grow with the data (docs/style.md §16)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -490,7 +490,7 @@ def half_steps(value: float) -> Decimal:
 
 
 # ---------------------------------------------------------------------------------------------
-# Assessment values per indication (DOMAIN.md §5)
+# Assessment values per indication (docs/domain.md §5)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -583,7 +583,7 @@ def ra_values(plan: Plan, months: float, site: str) -> dict:
 
 
 def das28_crp(values: dict) -> float:
-    """DAS28-CRP(4) from an assessment's raw values (CRP converted to mg/L), DOMAIN.md §5.3."""
+    """DAS28-CRP(4) from an assessment's raw values (CRP converted to mg/L), docs/domain.md §5.3."""
     crp = float(values["crp"]) * (10 if values["crp_unit"] == DiseaseAssessment.CRPUnit.MG_DL else 1)
     return (
         0.56 * math.sqrt(values["tender_joints_28"])

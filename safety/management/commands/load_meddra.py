@@ -4,7 +4,7 @@
     manage.py load_meddra /path/to/release --meddra-version 27.0 --language English
 
 Reads soc.asc, pt.asc, llt.asc and mdhier.asc ($-separated). Tolerance ships no MedDRA content: a
-MedDRA subscription (MSSO) is required to hold and use the dictionary (DOMAIN.md Part A §7).
+MedDRA subscription (MSSO) is required to hold and use the dictionary (docs/domain.md Part A §7).
 """
 
 from __future__ import annotations
