@@ -4,10 +4,13 @@ Three rules shape everything here:
 
 - Nothing is ever hard-deleted from the admin. Study-build rows are referenced (``PROTECT``) by
   clinical data, casebook rows are audited records, user accounts are the actors named in the audit
-  trail. ``has_delete_permission`` is False on every admin (the only exceptions revoke access rather
-  than remove data: an API token, an axes lockout) and the ``delete_selected`` action is off
+  trail. ``has_delete_permission`` is False on every admin (the only exception revokes access rather
+  than removing data: an API token, for superusers) and the ``delete_selected`` action is off
   site-wide. A criterion is retired with ``is_active``, a cohort closed with ``is_open``, a user with
-  ``is_active``.
+  ``is_active``, a lockout released through its audited page.
+- Each user sees and changes only their own studies' rows (``trials.admin_base``); accounts, roles and
+  lockouts are administered through services that stop anyone widening their own access
+  (``trials.access_admin``).
 - Clinical data are entered through the coordinators' forms, which call ``trials.services``; the
   admin never writes a casebook row, so those models are view-only.
 - Every edit carries who and why: a change form asks for a reason for change, which goes into the
@@ -19,19 +22,20 @@ Three rules shape everything here:
 
 from __future__ import annotations
 
-from axes.admin import AccessFailureLogAdmin, AccessLogAdmin
-from axes.models import AccessFailureLog, AccessLog
 from django import forms
 from django.contrib import admin
-from django.contrib.auth import get_user_model
-from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
-from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.models import Group
-from django.db.models import Count, Exists, OuterRef
+from django.db.models import Count, Exists, OuterRef, Q
 
-from trials.audit import audit_context
+from trials.admin_base import (
+    AuditedAdminMixin,
+    CasebookScopedAdminMixin,
+    ChangeReasonForm,
+    NoDeleteMixin,
+    ScopedListFiltersMixin,
+    StudyScopedAdminMixin,
+)
+from trials.memberships import studies_managed_by
 from trials.models import (
-    SITE_BOUND_ROLES,
     Consent,
     ConsentDocument,
     DiseaseAssessment,
@@ -50,81 +54,15 @@ from trials.models import (
     RescueTherapy,
     Site,
     Study,
-    StudyMembership,
     Visit,
     VisitDefinition,
 )
-
-User = get_user_model()
 
 admin.site.site_header = "Tolerance administration"
 admin.site.site_title = "Tolerance"
 admin.site.index_title = "Study build and casebook (read-only)"
 # Bulk deletion is never offered, whatever a ModelAdmin says.
 admin.site.disable_action("delete_selected")
-
-
-class NoDeleteMixin:
-    """Refuses deletion: the delete view answers 403 and no delete link or inline checkbox shows."""
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-REASON_FIELD = "change_reason"
-
-
-class ChangeReasonForm(forms.ModelForm):
-    """Adds the reason for change, required when editing a saved row (inline rows share it)."""
-
-    change_reason = forms.CharField(
-        label="Reason for change",
-        required=False,
-        max_length=500,
-        widget=forms.TextInput(attrs={"size": 80}),
-        help_text="Required to save an edit; kept in the audit trail with your name and the time.",
-    )
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.instance.pk:
-            self.fields[REASON_FIELD].required = True
-
-    def clean_change_reason(self) -> str:
-        return self.cleaned_data[REASON_FIELD].strip()
-
-
-class AuditedAdminMixin(NoDeleteMixin):
-    """Saves from the admin run inside an audit context naming the user, the reason and the channel."""
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        if request.method != "POST":
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        if object_id:
-            self._refuse_if_study_locked(request, object_id)
-        # An invalid form saves nothing, so an empty reason here never reaches the database.
-        reason = request.POST.get(REASON_FIELD, "").strip() if object_id else "added in the admin"
-        with audit_context(actor=request.user, reason=reason, channel="admin"):
-            return super().changeform_view(request, object_id, form_url, extra_context)
-
-    def _refuse_if_study_locked(self, request, object_id) -> None:
-        """A locked study refuses edits from the admin as from the pages and the API."""
-        from django.core.exceptions import PermissionDenied
-
-        obj = self.get_object(request, object_id)
-        study = obj if isinstance(obj, Study) else getattr(obj, "study", None)
-        if study is not None and study.is_locked:
-            raise PermissionDenied(f"Study {study.code} is locked; unlock it (with a reason) to change its build.")
-
-    def get_fields(self, request, obj=None):
-        fields = [f for f in super().get_fields(request, obj) if f != REASON_FIELD]
-        return [*fields, REASON_FIELD] if obj is not None else fields
-
-    def get_fieldsets(self, request, obj=None):
-        if not self.fieldsets:
-            return super().get_fieldsets(request, obj)
-        extra = [("Reason for change", {"fields": (REASON_FIELD,)})] if obj is not None else []
-        return [*self.fieldsets, *extra]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,21 +202,6 @@ class ConsentDocumentForm(InUseLockForm):
         return instance.consents.exists()
 
 
-class StudyMembershipForm(ChangeReasonForm):
-    class Meta:
-        model = StudyMembership
-        fields = ["user", "study", "site", "role", "unblinded", "is_active"]
-
-    def clean(self):
-        cleaned = super().clean()
-        study, site, role = cleaned.get("study"), cleaned.get("site"), cleaned.get("role")
-        if role in SITE_BOUND_ROLES and site is None:
-            self.add_error("site", "This role works at one site: choose the site.")
-        if study is not None and site is not None and not study.sites.filter(pk=site.pk).exists():
-            self.add_error("site", f"Site {site.code} does not take part in {study.code}.")
-        return cleaned
-
-
 class StudyAdminForm(ChangeReasonForm, StudyForm):
     pass
 
@@ -363,15 +286,34 @@ class ConsentDocumentInline(StudyBuildInline):
 
 
 @admin.register(Site)
-class SiteAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class SiteAdmin(ScopedListFiltersMixin, AuditedAdminMixin, admin.ModelAdmin):
+    """A site may serve several studies, and its time zone decides day 0 in all of them: a data
+    manager sees the sites of their studies (and new sites not yet in any study) and changes a site
+    only if they manage every study it takes part in."""
+
     form = SiteAdminForm
     list_display = ("code", "name", "country", "timezone")
     list_filter = ("country", "studies")
     search_fields = ("code", "name")
 
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        managed = studies_managed_by(request.user)
+        return queryset.filter(Q(studies__in=managed) | Q(studies__isnull=True)).distinct()
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if not super().has_change_permission(request, obj):
+            return False
+        if obj is None or request.user.is_superuser:
+            return True
+        return not obj.studies.exclude(pk__in=studies_managed_by(request.user)).exists()
+
 
 @admin.register(Study)
-class StudyAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class StudyAdmin(StudyScopedAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
+    study_path = "pk"
     form = StudyAdminForm
     list_display = ("code", "title", "indication", "phase", "is_blinded", "participant_count", "is_locked")
     list_filter = ("indication", "phase", "is_blinded", "is_locked", "sites")
@@ -385,6 +327,10 @@ class StudyAdmin(AuditedAdminMixin, admin.ModelAdmin):
     )
     inlines = (DoseCohortInline, VisitDefinitionInline, EligibilityCriterionInline, ConsentDocumentInline)
 
+    def has_add_permission(self, request) -> bool:
+        # A new study gets its data managers from a superuser: nobody grants themselves a study.
+        return request.user.is_superuser and super().has_add_permission(request)
+
     def get_queryset(self, request):
         qs = super().get_queryset(request).annotate(_participant_count=Count("participants"))
         return _annotate_in_use(qs, Participant, "study")
@@ -395,7 +341,7 @@ class StudyAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(DoseCohort)
-class DoseCohortAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class DoseCohortAdmin(StudyScopedAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     form = DoseCohortAdminForm
     list_display = (
         "__str__",
@@ -417,7 +363,7 @@ class DoseCohortAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(VisitDefinition)
-class VisitDefinitionAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class VisitDefinitionAdmin(StudyScopedAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     form = VisitDefinitionAdminForm
     list_display = ("name", "study", "code", "target_day", "window_before", "window_after", "forms_due")
     list_filter = ("study", "study__indication")
@@ -429,7 +375,7 @@ class VisitDefinitionAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(EligibilityCriterion)
-class EligibilityCriterionAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class EligibilityCriterionAdmin(StudyScopedAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     form = EligibilityCriterionAdminForm
     list_display = ("__str__", "study", "kind", "number", "is_active")
     list_filter = ("study", "study__indication", "kind", "is_active")
@@ -441,7 +387,7 @@ class EligibilityCriterionAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(ConsentDocument)
-class ConsentDocumentAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class ConsentDocumentAdmin(StudyScopedAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     form = ConsentDocumentAdminForm
     list_display = ("__str__", "study", "version", "effective_date", "title")
     list_filter = ("study", "study__indication")
@@ -451,47 +397,6 @@ class ConsentDocumentAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return _annotate_in_use(super().get_queryset(request), Consent, "document")
-
-
-@admin.register(StudyMembership)
-class StudyMembershipAdmin(AuditedAdminMixin, admin.ModelAdmin):
-    form = StudyMembershipForm
-    list_display = ("user", "study", "site", "role", "unblinded", "is_active")
-    list_filter = ("study", "site", "role", "unblinded", "is_active")
-    list_select_related = ("user", "study", "site")
-    search_fields = (
-        "user__username",
-        "user__first_name",
-        "user__last_name",
-        "user__email",
-        "study__code",
-        "site__code",
-    )
-    autocomplete_fields = ("user",)
-
-
-# Other apps' admins. User accounts are the actors named in the audit trail (deactivate, never
-# delete) and django-axes' logs are access history. Two deletions stay possible because they are
-# how access is taken away or given back, not data: revoking an API token (DRF) and clearing a
-# lockout (axes AccessAttempt).
-admin.site.unregister(User)
-admin.site.unregister(Group)
-
-
-@admin.register(User)
-class UserAdmin(NoDeleteMixin, DjangoUserAdmin):
-    pass
-
-
-@admin.register(Group)
-class GroupAdmin(NoDeleteMixin, DjangoGroupAdmin):
-    pass
-
-
-for _model, _model_admin in ((AccessLog, AccessLogAdmin), (AccessFailureLog, AccessFailureLogAdmin)):
-    if admin.site.is_registered(_model):  # AXES_ENABLE_ADMIN may be off
-        admin.site.unregister(_model)
-        admin.site.register(_model, type(_model_admin.__name__, (NoDeleteMixin, _model_admin), {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,8 +417,9 @@ class VoidedFilter(admin.SimpleListFilter):
         return queryset
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(CasebookScopedAdminMixin, admin.ModelAdmin):
     """View-only: clinical data are written by ``trials.services`` (coordinator forms, API, tasks).
+    Each user reads the participants they may read in the pages.
 
     The bookkeeping fields (version, voiding) are not editable on the model, so they are listed
     here to be shown: a voided record stays visible to data managers and auditors.
@@ -675,3 +581,7 @@ class DispositionAdmin(ReadOnlyAdmin):
     list_filter = ("participant__study", "participant__site", "kind")
     list_select_related = ("participant",)
     search_fields = ("participant__subject_code", "reason")
+
+
+# Accounts, roles, lockouts and access logs; imported last so that they register after these.
+from trials import access_admin  # noqa: E402, F401

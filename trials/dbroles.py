@@ -116,7 +116,7 @@ def apply_database_protection(using: str = "default") -> None:
         _execute(cursor, sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON django_migrations FROM {}").format(ident))
         for table in clinical:
             _execute(cursor, sql.SQL("REVOKE DELETE, TRUNCATE ON {} FROM {}").format(sql.Identifier(table), ident))
-        for table in [*events, "trials_auditseal", "trials_accessevent", "trials_signature"]:
+        for table in [*events, "trials_auditseal", "trials_accessevent", "trials_signature", "trials_accountevent"]:
             _execute(
                 cursor, sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(sql.Identifier(table), ident)
             )

@@ -803,3 +803,7 @@ class EmergencyUnblinding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.participant} unblinded by {self.user} at {self.at:%Y-%m-%d %H:%M}"
+
+
+# Kept in its own module (accounts, not casebook); imported here so Django registers it.
+from trials.account_events import AccountEvent  # noqa: E402, F401

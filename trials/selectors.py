@@ -64,6 +64,12 @@ def _scope(user, *, write: bool, prefix: str = "") -> Q:
     return scope
 
 
+def participant_scope(user, *, prefix: str = "") -> Q:
+    """The read scope of ``_scope`` for other modules (the admin's read-only casebook): a Q over
+    participant-level rows, ``prefix`` leading from the queried model to its participant."""
+    return _scope(user, write=False, prefix=prefix)
+
+
 def user_roles(user, study: Study) -> set[str]:
     return {m.role for m in _memberships(user) if m.study_id == study.pk}
 

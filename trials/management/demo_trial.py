@@ -354,6 +354,7 @@ SPONSOR_ADMIN_PERMISSIONS = (
     "auth.add_user",
     "auth.change_user",
     "auth.view_user",
+    "trials.reset_user_password",  # ordinary accounts only, recorded (trials.accounts)
     "trials.view_studymembership",
 )
 
