@@ -20,7 +20,9 @@ from typing import Any
 
 from safety.rules_data import InputError, get_rules
 
-_PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+# ASCII digits only (``\d`` would take any script's digits) and nothing after the day (``$`` would
+# accept a trailing newline).
+_PARTIAL = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?", re.ASCII)
 
 
 @dataclass(frozen=True, order=False)
@@ -33,7 +35,7 @@ class PartialDate:
 
     @classmethod
     def parse(cls, text: str, *, field: str = "date") -> PartialDate:
-        match = _PARTIAL.match(text.strip()) if isinstance(text, str) else None
+        match = _PARTIAL.fullmatch(text.strip()) if isinstance(text, str) else None
         if not match:
             raise InputError(field, f"{text!r} is not a date of the form YYYY, YYYY-MM or YYYY-MM-DD.")
         year, month, day = (int(part) if part else None for part in match.groups())
@@ -128,6 +130,7 @@ class AEFields:
     end: str | None = None  # AEENDTC, partial ISO date
     ongoing: bool = False  # AEONGO
     consent_date: dt.date | None = None  # RFICDTC
+    death_date: dt.date | None = None  # DTHDTC
     infusion_at: dt.datetime | None = None  # RFXSTDTC, first infusion start
 
     @property
@@ -144,7 +147,8 @@ def check_ae_consistency(ae: AEFields, *, rules: Mapping[str, Any] | None = None
     3. end date >= onset (partial dates compared at their common precision; undecidable accepted);
     4. ongoing <=> no end date, and ongoing <=> outcome in {NOT RECOVERED/NOT RESOLVED,
        RECOVERING/RESOLVING, UNKNOWN};
-    5. onset not provably before the informed-consent date (earlier events are medical history).
+    5. onset not provably before the informed-consent date (earlier events are medical history);
+    6. onset and end not provably after the participant's death.
     """
     rules = rules or get_rules("ae_consistency")
     problems: dict[str, list[str]] = {}
@@ -219,6 +223,12 @@ def check_ae_consistency(ae: AEFields, *, rules: Mapping[str, Any] | None = None
                 "onset",
                 f"Onset {onset} is before informed consent on {ae.consent_date:%Y-%m-%d}; record it as medical history.",
             )
+    if ae.death_date is not None:
+        death = PartialDate.from_date(ae.death_date)
+        for field, date in (("onset", onset), ("end", end)):
+            if date is not None and is_definitely_before(death, date):
+                label = "Onset" if field == "onset" else "End date"
+                refuse(field, f"{label} {date} is after the participant's death on {ae.death_date:%Y-%m-%d}.")
     return {field: " ".join(messages) for field, messages in problems.items()}
 
 

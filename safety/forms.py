@@ -1,6 +1,7 @@
-"""Forms of the safety pages. Shape only (types, formats, choices); every rule lives in
-``safety/services.py`` and reaches the form through the view as field messages. So most fields are
-optional here even where the service insists: the service's message is the one the user should see.
+"""Forms of the safety pages. Shape only (types, formats, choices, required fields, text bounds);
+every rule lives in the services and reaches the form through the view as field messages. A field
+the record cannot be saved without is required here too, so the page marks it and the browser and
+the form say so at once, with the service's own wording.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from safety.models import (
     ICANSAssessment,
     Outcome,
 )
+from safety.problems import TEXT_BOUNDS
 from safety.rules_data import get_rules
+from trials.text import FreeTextField, IdentifierField, PlainDecimalField
 
 CRITERIA_LABELS = {
     "death": "Results in death",
@@ -44,10 +47,20 @@ class DateTimeLocalInput(forms.DateTimeInput):
         super().__init__(attrs, format="%Y-%m-%dT%H:%M")
 
 
-def _text(label: str, *, required: bool = False, help_text: str = "", rows: int = 2) -> forms.CharField:
-    return forms.CharField(
-        label=label, required=required, help_text=help_text, widget=forms.Textarea(attrs={"rows": rows})
+def _text(label: str, *, required: str = "", help_text: str = "", rows: int = 2, bound: str = "rationale"):
+    """Free text bounded like the service bounds it; ``required`` is the message for an empty field."""
+    return FreeTextField(
+        label=label,
+        required=bool(required),
+        help_text=help_text,
+        rows=rows,
+        max_length=TEXT_BOUNDS[bound],
+        error_messages={"required": required} if required else None,
     )
+
+
+def _required(message: str) -> dict[str, str]:
+    return {"required": message}
 
 
 def _flag(label: str, help_text: str = "") -> forms.BooleanField:
@@ -84,7 +97,12 @@ class ZonedTimesMixin(forms.Form):
 class VersionedEditMixin(forms.Form):
     """Edits of a saved record carry a reason for change and the version the form was loaded with."""
 
-    reason = _text("Reason for change", help_text="Required: why is saved data being changed?")
+    reason = _text(
+        "Reason for change",
+        required="A reason for change is required to edit a saved record.",
+        help_text="Why is saved data being changed?",
+        bound="reason",
+    )
     version = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=1)
 
     def __init__(self, *args, editing: bool = False, **kwargs):
@@ -110,19 +128,34 @@ class AdverseEventForm(ZonedTimesMixin, VersionedEditMixin):
 
     zoned_fields = ("site_aware_at",)
 
-    category = forms.ChoiceField(label="Category", choices=AECategory.choices, initial=AECategory.OTHER)
-    verbatim_term = forms.CharField(
-        label="Adverse event (verbatim, as reported)",
-        max_length=200,
-        required=False,
-        help_text="One diagnosis, sign or symptom.",
+    category = forms.ChoiceField(
+        label="Category",
+        choices=[("", "—"), *AECategory.choices],
+        initial=AECategory.OTHER,
+        error_messages=_required("Choose the category."),
     )
-    ctcae_term = CTCAETermChoiceField(label="CTCAE term", queryset=CTCAETerm.objects.none(), required=False)
+    verbatim_term = IdentifierField(
+        label="Adverse event (verbatim, as reported)",
+        max_length=TEXT_BOUNDS["verbatim_term"],
+        required=True,
+        help_text="One diagnosis, sign or symptom.",
+        error_messages=_required("Enter the adverse event as reported (the verbatim term)."),
+    )
+    ctcae_term = CTCAETermChoiceField(
+        label="CTCAE term", queryset=CTCAETerm.objects.none(), error_messages=_required("Choose the CTCAE term.")
+    )
     grade = forms.TypedChoiceField(
-        label="Grade", choices=[(g, str(g)) for g in range(1, 6)], coerce=int, required=False, widget=forms.RadioSelect
+        label="Grade",
+        choices=[(g, str(g)) for g in range(1, 6)],
+        coerce=int,
+        widget=forms.RadioSelect,
+        error_messages=_required("Choose the grade."),
     )
     onset = forms.CharField(
-        label="Onset date", max_length=10, required=False, help_text="YYYY-MM-DD; YYYY-MM or YYYY if unknown."
+        label="Onset date",
+        max_length=10,
+        help_text="YYYY-MM-DD; YYYY-MM or YYYY if unknown.",
+        error_messages=_required("Onset date is required."),
     )
     end = forms.CharField(label="End date", max_length=10, required=False, help_text="Leave blank while ongoing.")
     ongoing = _flag("Ongoing")
@@ -143,12 +176,17 @@ class AdverseEventForm(ZonedTimesMixin, VersionedEditMixin):
     causality_leukapheresis = forms.ChoiceField(label=CAUSALITY_TARGETS[1][1], required=False)
     causality_procedures = forms.ChoiceField(label=CAUSALITY_TARGETS[2][1], required=False)
     action_taken = forms.ChoiceField(
-        label="Action taken with the study treatment", choices=ActionTaken.choices, initial=ActionTaken.NOT_APPLICABLE
+        label="Action taken with the study treatment",
+        choices=[("", "—"), *ActionTaken.choices],
+        initial=ActionTaken.NOT_APPLICABLE,
+        error_messages=_required("Choose the action taken with the study treatment."),
     )
-    action_other = forms.CharField(label="Other action taken", max_length=200, required=False)
-    outcome = forms.ChoiceField(label="Outcome", choices=[("", "—"), *Outcome.choices], required=False)
+    action_other = IdentifierField(label="Other action taken", max_length=TEXT_BOUNDS["action_other"])
+    outcome = forms.ChoiceField(
+        label="Outcome", choices=[("", "—"), *Outcome.choices], error_messages=_required("Outcome is required.")
+    )
     treatment_given = _flag("Treatment given for the event")
-    treatment_details = _text("Treatment (drug, dose, dates)")
+    treatment_details = _text("Treatment (drug, dose, dates)", bound="treatment_details")
 
     field_order = [
         "category",
@@ -190,11 +228,16 @@ class AdverseEventForm(ZonedTimesMixin, VersionedEditMixin):
         return initial
 
     def service_kwargs(self) -> dict:
+        """The service's arguments from the cleaned data; a field the form refused is passed empty, so
+        the service can still check everything else (``adverse_event_problems``)."""
         from safety.services import AE_FIELDS
 
         data = {name: self.cleaned_data.get(name) for name in AE_FIELDS}
-        for name in ("verbatim_term", "onset", "end", "action_other", "treatment_details", "outcome"):
+        for name in ("category", "verbatim_term", "onset", "end", "action_other", "treatment_details", "outcome"):
             data[name] = data[name] or ""
+        data["action_taken"] = data["action_taken"] or ""
+        for name in ("ongoing", "serious", "treatment_given", *SERIOUSNESS_CRITERIA):
+            data[name] = bool(data[name])
         for name, _ in CAUSALITY_TARGETS:
             data[name] = data[name] or ""
         if data["grade"] in ("", None):
@@ -225,7 +268,7 @@ class CRSForm(ZonedTimesMixin):
     zoned_fields = ("assessed_at",)
 
     assessed_at = forms.DateTimeField(label="Time of the worst findings", widget=DateTimeLocalInput)
-    max_temperature_c = forms.DecimalField(
+    max_temperature_c = PlainDecimalField(
         label="Maximum temperature (°C)", max_digits=3, decimal_places=1, required=False
     )
     fever_masked = _flag("Fever masked by antipyretics or anti-cytokine therapy (tocilizumab, steroids)")
@@ -233,7 +276,7 @@ class CRSForm(ZonedTimesMixin):
     vasopressors = forms.IntegerField(label="Vasopressors (excluding vasopressin)", min_value=0, max_value=9, initial=0)
     vasopressin = _flag("Vasopressin")
     oxygen_device = forms.ChoiceField(label="Oxygen device", choices=CRSAssessment.OxygenDevice.choices)
-    oxygen_flow_l_min = forms.DecimalField(
+    oxygen_flow_l_min = PlainDecimalField(
         label="Oxygen flow (L/min)",
         max_digits=4,
         decimal_places=1,
@@ -244,7 +287,7 @@ class CRSForm(ZonedTimesMixin):
     tocilizumab_given = _flag("Tocilizumab given")
     corticosteroids_given = _flag("Corticosteroids given")
     investigator_grade = _grade_choice()
-    override_reason = _text("Reason for overriding the computed grade")
+    override_reason = _text("Reason for overriding the computed grade", bound="override_reason")
 
     field_order = ["time_zone", "assessed_at"]
 
@@ -273,22 +316,32 @@ class ICANSForm(ZonedTimesMixin):
     )
     death_due_to_icans = _flag("Death due to ICANS (no other principal cause)")
     investigator_grade = _grade_choice()
-    override_reason = _text("Reason for overriding the computed grade")
+    override_reason = _text("Reason for overriding the computed grade", bound="override_reason")
 
     field_order = ["time_zone", "assessed_at"]
 
 
 class SAEReportForm(forms.Form):
-    narrative = _text("Narrative", rows=6, help_text="What happened, investigations, treatment, current status.")
+    narrative = _text(
+        "Narrative",
+        required="Describe the event: what happened, treatment, current status.",
+        rows=6,
+        help_text="What happened, investigations, treatment, current status.",
+        bound="narrative",
+    )
 
 
 class SponsorAssessmentForm(VersionedEditMixin):
     EXPECTED_CHOICES = [("", "As the reference safety information says"), ("yes", "Expected"), ("no", "Unexpected")]
 
     sponsor_causality = forms.ChoiceField(label="Sponsor causality to the cell product", required=False)
-    causality_rationale = _text("Rationale (required to disagree with a 'related' investigator causality)")
+    causality_rationale = _text(
+        "Rationale (required to disagree with a 'related' investigator causality)", bound="causality_rationale"
+    )
     expected = forms.ChoiceField(label="Expectedness", choices=EXPECTED_CHOICES, required=False)
-    expectedness_rationale = _text("Rationale for expectedness (required without an RSI, or against it)")
+    expectedness_rationale = _text(
+        "Rationale for expectedness (required without an RSI, or against it)", bound="expectedness_rationale"
+    )
 
     def __init__(self, *args, causality_rules: str, **kwargs):
         super().__init__(*args, **kwargs)
@@ -312,7 +365,7 @@ class ReportSubmitForm(ZonedTimesMixin):
     submitted_at = forms.DateTimeField(
         label="Submitted at", widget=DateTimeLocalInput, required=False, help_text="Leave blank for now."
     )
-    acknowledgement = forms.CharField(label="Acknowledgement / reference ID", max_length=100, required=False)
+    acknowledgement = IdentifierField(label="Acknowledgement / reference ID", max_length=TEXT_BOUNDS["acknowledgement"])
     version = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=1)
 
 
@@ -322,11 +375,11 @@ class DLTAdjudicationForm(VersionedEditMixin):
     adverse_event = forms.ModelChoiceField(
         label="The event that is the DLT", queryset=AdverseEvent.objects.none(), required=False
     )
-    rationale = _text("Committee rationale", rows=3)
+    rationale = _text("Committee rationale", required="Record the committee's rationale.", rows=3)
     password = forms.CharField(
         label="Your password (signature)",
         widget=forms.PasswordInput,
-        required=False,
+        error_messages=_required("Re-enter your password to sign."),
         help_text="Signing means: I confirm the safety review committee's decision.",
     )
 

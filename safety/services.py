@@ -18,13 +18,12 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Model
 from django.utils import timezone
 
 from safety import grading
-from safety.ae_rules import AEFields, PartialDate, causality_is_related, check_ae_consistency, treatment_emergent
+from safety.ae_rules import PartialDate, causality_is_related
 from safety.clocks import (
     ClockState,
     RSIVersion,
@@ -38,7 +37,6 @@ from safety.clocks import (
 )
 from safety.dlt import validate_dlt_config
 from safety.models import (
-    DURING_INFUSION_ACTIONS,
     SERIOUSNESS_CRITERIA,
     AdverseEvent,
     AECategory,
@@ -54,7 +52,14 @@ from safety.models import (
     ReportKind,
     SAECase,
     SAECaseVersion,
-    StudySafetyProfile,
+)
+from safety.problems import (
+    Problems,
+    ae_prepare,
+    ae_problems,
+    ae_rule_problems,
+    normalise_causality,
+    safety_profile,
 )
 from safety.rules_data import InputError, get_rules
 from trials.audit import audit_context
@@ -63,11 +68,8 @@ from trials.models import DATA_ENTRY_ROLES, Participant, Role, Study, StudyMembe
 from trials.services import (
     _check_password,
     _ensure_writable,
-    _first_consent,
-    _first_infusion,
     _require_role,
     _save,
-    clinical_today,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,21 +79,14 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 
 
-def safety_profile(study: Study) -> StudySafetyProfile:
-    """The study's safety settings; an unsaved default profile when the data manager set none."""
-    profile = StudySafetyProfile.objects.filter(study=study).first()
-    return profile if profile is not None else StudySafetyProfile(study=study)
-
-
-def _input_error(error: InputError, fields: Mapping[str, str] | None = None) -> RuleViolation:
-    """An engine's ``InputError`` as a ``RuleViolation`` on the matching form field."""
-    return RuleViolation({(fields or {}).get(error.field, error.field): error.message})
-
-
-def _required_reason(reason: str) -> str:
-    if not reason or not reason.strip():
-        raise RuleViolation({"reason": "A reason for change is required to edit a saved record."})
-    return reason.strip()
+def _reason(reason: str, problems: Problems) -> str:
+    """The reason for change of an edit, cleaned; a missing one is recorded as a problem."""
+    return problems.text(
+        "reason",
+        reason,
+        label="The reason for change",
+        required="A reason for change is required to edit a saved record.",
+    )
 
 
 def _lock_participant(participant: Participant) -> Participant:
@@ -114,13 +109,17 @@ def _check_version(current: Model, expected_version: int | None) -> None:
         )
 
 
-def _not_future_time(field: str, value: dt.datetime | None, label: str, now: dt.datetime) -> None:
+def _not_future_time(field: str, value: dt.datetime | None, label: str, now: dt.datetime, problems: Problems) -> bool:
+    """Record a naive or future time; True when the time is usable."""
     if value is None:
-        return
+        return False
     if value.tzinfo is None or value.utcoffset() is None:
-        raise RuleViolation({field: f"{label} must carry a time zone."})
+        problems.add(field, f"{label} must carry a time zone.")
+        return False
     if value > now + dt.timedelta(minutes=5):
-        raise RuleViolation({field: f"{label} is in the future."})
+        problems.add(field, f"{label} is in the future.")
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,141 +147,6 @@ AE_FIELDS = (
     "treatment_given",
     "treatment_details",
 )
-CAUSALITY_FIELDS = {
-    "product": "causality_product",
-    "leukapheresis": "causality_leukapheresis",
-    "procedures": "causality_procedures",
-}
-_TEXT_FIELDS = ("verbatim_term", "onset", "end", "action_other", "treatment_details")
-
-
-def _normalise_causality(value: str | None, rules: Mapping[str, Any], field: str) -> str:
-    """Blank (not yet assessed) or a value of the study's causality scale, in its canonical spelling."""
-    text = " ".join(str(value or "").strip().lower().split())
-    if not text:
-        return ""
-    try:
-        causality_is_related(text, rules=rules, field=field)
-    except InputError as error:
-        raise _input_error(error) from None
-    return text
-
-
-def _ae_problems(ae: AdverseEvent, participant: Participant, profile: StudySafetyProfile) -> dict[str, str]:
-    """Every rule the AE breaks, as ``{field: message}`` (docs/domain.md §1.4 plus the dictionary and
-    single-infusion rules); derives ``treatment_emergent`` and the infusion link on the way."""
-    consent = _first_consent(participant)
-    problems = check_ae_consistency(
-        AEFields(
-            onset=ae.onset or None,
-            serious=ae.serious,
-            grade=ae.grade,
-            outcome=ae.outcome or None,
-            end=ae.end or None,
-            ongoing=ae.ongoing,
-            consent_date=consent.consent_date if consent else None,
-            **{name: getattr(ae, name) for name in SERIOUSNESS_CRITERIA},
-        )
-    )
-
-    def refuse(field: str, message: str) -> None:
-        problems[field] = f"{problems[field]} {message}" if field in problems else message
-
-    if not ae.verbatim_term:
-        refuse("verbatim_term", "The verbatim term (as reported) is required.")
-    if consent is None:
-        refuse("onset", f"{participant.subject_code} has not consented: adverse events are collected from consent.")
-    today = clinical_today()
-    onset = end = None
-    if "onset" not in problems:
-        onset = PartialDate.parse(ae.onset)
-        if onset.earliest() > today:
-            refuse("onset", f"Onset {onset} is in the future.")
-    if ae.end and "end" not in problems:
-        end = PartialDate.parse(ae.end)
-        if end.earliest() > today:
-            refuse("end", f"End date {end} is in the future.")
-    term = ae.ctcae_term
-    if term is None:
-        refuse("ctcae_term", "Choose the CTCAE term.")
-    else:
-        if term.version != profile.ctcae_version:
-            refuse(
-                "ctcae_term", f"The study codes with CTCAE v{profile.ctcae_version}; this term is from v{term.version}."
-            )
-        if (
-            ae.grade_scale == "CTCAE"
-            and isinstance(ae.grade, int)
-            and 1 <= ae.grade <= 5
-            and not term.grade_text(ae.grade)
-        ):
-            available = ", ".join(str(g) for g, _ in term.grades) or "none"
-            refuse("grade", f"{term.term} has no grade {ae.grade} in CTCAE v{term.version} (grades: {available}).")
-    now = timezone.now()
-    if ae.serious and ae.site_aware_at is None:
-        refuse(
-            "site_aware_at",
-            "Give the date and time the site became aware of the serious event (starts the 24 h clock).",
-        )
-    if ae.site_aware_at is not None:
-        if ae.site_aware_at.tzinfo is None:
-            refuse("site_aware_at", "The awareness time must carry a time zone.")
-        elif ae.site_aware_at > now + dt.timedelta(minutes=5):
-            refuse("site_aware_at", "The awareness time is in the future.")
-        elif onset is not None and ae.site_aware_at.astimezone(dt.UTC).date() < onset.earliest() - dt.timedelta(days=1):
-            refuse("site_aware_at", f"The site cannot have become aware before the onset ({onset}).")
-    if ae.treatment_details and not ae.treatment_given:
-        refuse("treatment_given", "Treatment details are given, so tick 'treatment given'.")
-
-    infusion = _first_infusion(participant)
-    ae.infusion = None
-    ae.treatment_emergent = False
-    if onset is not None and infusion is not None:
-        # Day 0 is the infusion's local date at the site (docs/domain.md §1.6), as in trials.
-        emergence = treatment_emergent(ae.onset, infusion.start_at, tz=ZoneInfo(participant.site.timezone))
-        ae.treatment_emergent = emergence.emergent
-        on_infusion_day = onset.compare(PartialDate.from_date(infusion.infusion_date)) == 0
-        if ae.category == AECategory.INFUSION_REACTION:
-            if not emergence.emergent:
-                refuse(
-                    "category",
-                    f"An infusion reaction cannot start before the infusion ({infusion.infusion_date:%Y-%m-%d}).",
-                )
-            ae.infusion = infusion
-        # Single-infusion product: interrupting or slowing it only applies during the infusion (docs/domain.md §1.4).
-        if ae.action_taken in DURING_INFUSION_ACTIONS and not on_infusion_day:
-            refuse(
-                "action_taken",
-                f"'{ae.get_action_taken_display()}' applies only to an event during the infusion "
-                f"(on {infusion.infusion_date:%Y-%m-%d}); use 'Not applicable' for a single-infusion product.",
-            )
-    elif infusion is None:
-        if ae.category == AECategory.INFUSION_REACTION:
-            refuse("category", f"{participant.subject_code} has not been infused: this cannot be an infusion reaction.")
-        if ae.action_taken in DURING_INFUSION_ACTIONS:
-            refuse("action_taken", "There was no infusion to interrupt or slow down.")
-    return problems
-
-
-def _prepare(ae: AdverseEvent, participant: Participant, profile: StudySafetyProfile) -> None:
-    """Normalise the entered fields, derive the rest, and refuse the AE if any rule is broken."""
-    for name in _TEXT_FIELDS:
-        setattr(ae, name, (getattr(ae, name) or "").strip())
-    rules = get_rules("causality", ae.causality_rules or profile.causality_rules)
-    ae.causality_rules = rules["version"]
-    for name in CAUSALITY_FIELDS.values():
-        setattr(ae, name, _normalise_causality(getattr(ae, name), rules, name))
-    if ae.ctcae_term_id is not None:
-        ae.ctcae_version = ae.ctcae_term.version
-    problems = _ae_problems(ae, participant, profile)
-    if problems:
-        raise RuleViolation(problems)
-    try:
-        ae.full_clean(exclude=["participant", "sequence"], validate_unique=False, validate_constraints=False)
-    except ValidationError as error:  # a field validator the checks above missed: still a field message
-        raise RuleViolation(
-            error.message_dict if hasattr(error, "error_dict") else {"__all__": error.messages}
-        ) from None
 
 
 @transaction.atomic(durable=True)
@@ -349,7 +213,7 @@ def adverse_event_record(
         treatment_given=treatment_given,
         treatment_details=treatment_details,
     )
-    _prepare(ae, participant, profile)
+    ae_prepare(ae, participant, profile)
     last = AdverseEvent.objects.filter(participant=participant).aggregate(n=Max("sequence"))["n"] or 0
     ae.sequence = last + 1
     with audit_context(actor=actor, channel=channel):
@@ -372,7 +236,6 @@ def adverse_event_update(
     """Correct or update an AE (reason for change required, stale versions refused). Marking it
     serious opens the SAE case; a case once opened keeps the AE serious (the medical monitor, not the
     site, closes a case)."""
-    reason = _required_reason(reason)
     unknown = sorted(set(changes) - set(AE_FIELDS))
     if unknown:
         raise RuleViolation({"__all__": f"These fields cannot be changed here: {', '.join(unknown)}."})
@@ -383,19 +246,22 @@ def adverse_event_update(
     if current.voided_at is not None:
         raise RuleViolation("This adverse event is voided; it cannot be changed.")
     _check_version(current, expected_version)
+    problems = Problems()
+    reason = _reason(reason, problems)
     was_serious = current.serious
     graded_by = _toxicity_assessments(current)
     if "grade" in changes and graded_by and changes["grade"] != current.grade:
-        raise RuleViolation(
-            {"grade": f"This AE is graded from its {graded_by[0].scale} assessments; record a new assessment instead."}
+        problems.add(
+            "grade", f"This AE is graded from its {graded_by[0].scale} assessments; record a new assessment instead."
         )
     for name, value in changes.items():
         setattr(current, name, value)
-    _prepare(current, participant, safety_profile(participant.study))
+    problems.merge(ae_problems(current, participant, safety_profile(participant.study)).as_dict())
     if was_serious and not current.serious and SAECase.objects.filter(adverse_event=current).exists():
-        raise RuleViolation(
-            {"serious": "This AE has an SAE case; its seriousness cannot be removed here. Ask the medical monitor."}
+        problems.add(
+            "serious", "This AE has an SAE case; its seriousness cannot be removed here. Ask the medical monitor."
         )
+    problems.raise_if_any()
     current.version += 1
     with audit_context(actor=actor, reason=reason, channel=channel):
         _save(current)
@@ -418,7 +284,7 @@ def _toxicity_assessments(ae: AdverseEvent) -> list:
 _GRADED_CATEGORY = {CRSAssessment: AECategory.CRS, ICANSAssessment: AECategory.ICANS}
 
 
-def _assessment_context(actor, adverse_event: AdverseEvent, model, assessed_at: dt.datetime):
+def _assessment_context(actor, adverse_event: AdverseEvent, model, assessed_at: dt.datetime, problems: Problems):
     participant = _lock_participant(Participant(pk=adverse_event.participant_id))
     _ensure_writable(participant)
     _require_data_entry(actor, participant, "grade adverse events")
@@ -430,50 +296,110 @@ def _assessment_context(actor, adverse_event: AdverseEvent, model, assessed_at: 
         raise RuleViolation(
             f"Only an AE of category {category.label} is graded here (this one is {ae.get_category_display()})."
         )
-    _not_future_time("assessed_at", assessed_at, "The assessment time", timezone.now())
-    onset = PartialDate.parse(ae.onset)
-    if assessed_at.astimezone(dt.UTC).date() < onset.earliest() - dt.timedelta(days=1):
-        raise RuleViolation({"assessed_at": f"The assessment cannot precede the onset ({onset})."})
+    if assessed_at is None:
+        problems.add("assessed_at", "Give the time of the worst findings.")
+    elif _not_future_time("assessed_at", assessed_at, "The assessment time", timezone.now(), problems):
+        onset = PartialDate.parse(ae.onset)
+        if assessed_at.astimezone(dt.UTC).date() < onset.earliest() - dt.timedelta(days=1):
+            problems.add("assessed_at", f"The assessment cannot precede the onset ({onset}).")
     return participant, ae
 
 
-def _final_grade(computed: grading.GradeResult, investigator_grade: int | None, override_reason: str):
-    try:
+def _final_grade(
+    computed: grading.GradeResult | None, investigator_grade: int | None, override_reason: str, problems: Problems
+) -> grading.FinalGrade | None:
+    if computed is None:
+        return None
+    final = None
+    with problems.collect():
         final = grading.apply_investigator_grade(
             computed, investigator_grade=investigator_grade, reason=override_reason
         )
-    except InputError as error:
-        raise _input_error(error) from None
+    if final is None:
+        return None
     if final.grade == 0:
-        raise RuleViolation(
-            {
-                "__all__": f"The computed {computed.scale} grade is 0 ({computed.reason}). An AE needs grade 1 or more: "
-                "correct the findings, record the event under another term, or override the grade with a reason."
-            }
+        problems.add(
+            "__all__",
+            f"The computed {computed.scale} grade is 0 ({computed.reason}). An AE needs grade 1 or more: "
+            "correct the findings, record the event under another term, or override the grade with a reason.",
         )
+        return None
     return final
 
 
-def _regrade_ae(actor, ae: AdverseEvent, participant: Participant, scale: str, rule_version: str, channel: str) -> None:
-    """The AE carries the maximum final grade of its assessments (docs/domain.md §1.4, max-grade policy)."""
-    grade = max(a.final_grade for a in _toxicity_assessments(ae))
+def _regrade(
+    ae: AdverseEvent, participant: Participant, final_grade: int, scale: str, problems: Problems
+) -> int | None:
+    """Give the AE the maximum final grade of its assessments, the new one included (docs/domain.md
+    §1.4, max-grade policy). Returns the old grade when it changes; a grade that would make the AE
+    itself inconsistent is a problem."""
+    grade = max([a.final_grade for a in _toxicity_assessments(ae)] + [final_grade])
     if grade == ae.grade and ae.grade_scale == scale:
-        return
+        return None
     old = ae.grade
     ae.grade, ae.grade_scale = grade, scale
-    problems = _ae_problems(ae, participant, safety_profile(participant.study))
-    if problems:
-        details = " ".join(problems.values())
-        raise RuleViolation(
-            {
-                "__all__": f"With grade {grade} the adverse event itself would be inconsistent: {details} Update the AE first."
-            }
+    inconsistent = ae_rule_problems(ae, participant, safety_profile(participant.study)).as_dict()
+    if inconsistent:
+        details = " ".join(message for messages in inconsistent.values() for message in messages)
+        problems.add(
+            "__all__",
+            f"With grade {grade} the adverse event itself would be inconsistent: {details} Update the AE first.",
         )
-    ae.version += 1
-    with audit_context(
-        actor=actor, reason=f"grade {old} -> {grade} computed by {scale} ({rule_version})", channel=channel
-    ):
-        _save(ae)
+    return old
+
+
+def _save_assessment(actor, assessment, ae: AdverseEvent, old_grade: int | None, channel: str) -> None:
+    with audit_context(actor=actor, channel=channel):
+        _save(assessment)
+    if old_grade is not None:
+        ae.version += 1
+        reason = f"grade {old_grade} -> {ae.grade} computed by {assessment.scale} ({assessment.rule_version})"
+        with audit_context(actor=actor, reason=reason, channel=channel):
+            _save(ae)
+
+
+_CRS_FIELDS = {"vasopressors_excluding_vasopressin": "vasopressors"}
+_CRS_FINDINGS = (
+    "max_temperature_c",
+    "fever_masked",
+    "hypotension",
+    "vasopressors",
+    "vasopressin",
+    "oxygen_device",
+    "oxygen_flow_l_min",
+    "death_due_to_crs",
+)
+
+
+def _crs_grade(problems: Problems, **findings) -> grading.GradeResult | None:
+    """The ASTCT CRS grade, or None with every bad finding recorded (each domain is checked on its own)."""
+    rules = get_rules("crs")
+    flow, temperature = findings["oxygen_flow_l_min"], findings["max_temperature_c"]
+    oxygen = pressure = None
+    with problems.collect(_CRS_FIELDS):
+        oxygen = grading.classify_oxygen(
+            findings["oxygen_device"], float(flow) if flow is not None else None, rules=rules
+        )
+    with problems.collect(_CRS_FIELDS):
+        pressure = grading.classify_hypotension(
+            hypotension=findings["hypotension"],
+            vasopressors_excluding_vasopressin=findings["vasopressors"],
+            vasopressin=findings["vasopressin"],
+        )
+    with problems.collect(_CRS_FIELDS):
+        # Graded even when a domain above failed, so a bad temperature is reported in the same answer.
+        result = grading.grade_crs(
+            grading.CRSInputs(
+                max_temperature_c=float(temperature) if temperature is not None else None,
+                fever_masked=findings["fever_masked"],
+                hypotension=pressure or grading.Hypotension.NONE,
+                oxygen=oxygen or grading.OxygenSupport.NONE,
+                death_due_to_crs=findings["death_due_to_crs"],
+            ),
+            rules=rules,
+        )
+        return result if oxygen is not None and pressure is not None else None
+    return None
 
 
 def crs_compute(
@@ -488,27 +414,13 @@ def crs_compute(
     death_due_to_crs: bool,
 ) -> grading.GradeResult:
     """The ASTCT CRS grade of the findings (no write; the form previews it). ``RuleViolation`` on the
-    form field of a bad finding."""
-    rules = get_rules("crs")
-    try:
-        oxygen = grading.classify_oxygen(
-            oxygen_device, float(oxygen_flow_l_min) if oxygen_flow_l_min is not None else None, rules=rules
-        )
-        pressure = grading.classify_hypotension(
-            hypotension=hypotension, vasopressors_excluding_vasopressin=vasopressors, vasopressin=vasopressin
-        )
-        return grading.grade_crs(
-            grading.CRSInputs(
-                max_temperature_c=float(max_temperature_c) if max_temperature_c is not None else None,
-                fever_masked=fever_masked,
-                hypotension=pressure,
-                oxygen=oxygen,
-                death_due_to_crs=death_due_to_crs,
-            ),
-            rules=rules,
-        )
-    except InputError as error:
-        raise _input_error(error, {"vasopressors_excluding_vasopressin": "vasopressors"}) from None
+    form fields of every bad finding."""
+    findings = dict(locals())
+    problems = Problems()
+    result = _crs_grade(problems, **findings)
+    problems.raise_if_any()
+    assert result is not None
+    return result
 
 
 @transaction.atomic(durable=True)
@@ -532,29 +444,21 @@ def crs_assessment_record(
     channel: str = "web",
 ) -> CRSAssessment:
     """Grade a CRS by ASTCT from its findings; the AE takes the worst final grade of its assessments."""
-    participant, ae = _assessment_context(actor, adverse_event, CRSAssessment, assessed_at)
-    computed = crs_compute(
-        max_temperature_c=max_temperature_c,
-        fever_masked=fever_masked,
-        hypotension=hypotension,
-        vasopressors=vasopressors,
-        vasopressin=vasopressin,
-        oxygen_device=oxygen_device,
-        oxygen_flow_l_min=oxygen_flow_l_min,
-        death_due_to_crs=death_due_to_crs,
-    )
-    final = _final_grade(computed, investigator_grade, override_reason)
+    values = locals()
+    findings = {name: values[name] for name in _CRS_FINDINGS}
+    problems = Problems()
+    participant, ae = _assessment_context(actor, adverse_event, CRSAssessment, assessed_at, problems)
+    override_reason = problems.text("override_reason", override_reason, label="The reason for the override")
+    computed = _crs_grade(problems, **findings)
+    final = _final_grade(computed, investigator_grade, override_reason, problems)
+    old_grade = _regrade(ae, participant, final.grade, computed.scale, problems) if final and computed else None
+    problems.raise_if_any()
+    assert computed is not None
+    assert final is not None
     assessment = CRSAssessment(
         adverse_event=ae,
         assessed_at=assessed_at,
-        max_temperature_c=max_temperature_c,
-        fever_masked=fever_masked,
-        hypotension=hypotension,
-        vasopressors=vasopressors,
-        vasopressin=vasopressin,
-        oxygen_device=oxygen_device,
-        oxygen_flow_l_min=oxygen_flow_l_min,
-        death_due_to_crs=death_due_to_crs,
+        **findings,
         tocilizumab_given=tocilizumab_given,
         corticosteroids_given=corticosteroids_given,
         computed_grade=computed.grade,
@@ -562,27 +466,55 @@ def crs_assessment_record(
         scale=computed.scale,
         rule_version=computed.rule_version,
         investigator_grade=investigator_grade,
-        override_reason=override_reason.strip(),
+        override_reason=override_reason,
         final_grade=final.grade,
     )
-    with audit_context(actor=actor, channel=channel):
-        _save(assessment)
-    _regrade_ae(actor, ae, participant, computed.scale, computed.rule_version, channel)
+    _save_assessment(actor, assessment, ae, old_grade, channel)
     return assessment
+
+
+_ICE_ITEMS = ("orientation", "naming", "commands", "writing", "attention")
+
+
+def _ice_total(items: Mapping[str, int | None], problems: Problems) -> tuple[bool, int | None]:
+    """(usable, ICE score): None when no item is filled in; every partly filled item is a problem."""
+    filled = {name: value for name, value in items.items() if value is not None}
+    if not filled:
+        return True, None
+    missing = [name for name in _ICE_ITEMS if name not in filled]
+    for name in missing:
+        problems.add(f"ice_{name}", "Score every ICE item, or none.")
+    if missing:
+        return False, None
+    with problems.collect({n: f"ice_{n}" for n in filled}):
+        return True, grading.ice_score(**filled)
+    return False, None
 
 
 def ice_total(items: Mapping[str, int | None]) -> int | None:
     """The ICE score from its five items; None when no item is filled in (refused if only some are)."""
-    filled = {name: value for name, value in items.items() if value is not None}
-    if not filled:
-        return None
-    missing = [name for name in ("orientation", "naming", "commands", "writing", "attention") if name not in filled]
-    if missing:
-        raise RuleViolation({f"ice_{name}": "Score every ICE item, or none." for name in missing})
-    try:
-        return grading.ice_score(**filled)
-    except InputError as error:
-        raise _input_error(error, {n: f"ice_{n}" for n in filled}) from None
+    problems = Problems()
+    _, total = _ice_total(items, problems)
+    problems.raise_if_any()
+    return total
+
+
+def _icans_grade(problems: Problems, *, ice_items, **findings) -> tuple[int | None, grading.GradeResult | None]:
+    usable, ice = _ice_total(ice_items, problems)
+    if (
+        usable
+        and findings["consciousness"] == ICANSAssessment.Consciousness.UNAROUSABLE
+        and ice is None
+        and (findings["age_years"] or 0) > 12
+    ):
+        ice = 0  # an unarousable patient cannot perform ICE: the score is 0 (docs/domain.md §3.2)
+    if findings["age_years"] is None:
+        problems.add("age_years", "Give the participant's age in years.")
+    if not usable or findings["age_years"] is None:
+        return ice, None
+    with problems.collect():
+        return ice, grading.grade_icans(grading.ICANSInputs(ice_score=ice, **findings))
+    return ice, None
 
 
 def icans_compute(
@@ -598,25 +530,13 @@ def icans_compute(
     death_due_to_icans: bool,
 ) -> tuple[int | None, grading.GradeResult]:
     """The ICE score and the ASTCT ICANS grade of the findings (no write; the form previews it)."""
-    ice = ice_total(ice_items)
-    if consciousness == ICANSAssessment.Consciousness.UNAROUSABLE and ice is None and age_years > 12:
-        ice = 0  # an unarousable patient cannot perform ICE: the score is 0 (docs/domain.md §3.2)
-    try:
-        return ice, grading.grade_icans(
-            grading.ICANSInputs(
-                age_years=age_years,
-                consciousness=consciousness,
-                ice_score=ice,
-                capd_score=capd_score,
-                developmental_delay=developmental_delay,
-                seizure=seizure,
-                motor=motor,
-                raised_icp=raised_icp,
-                death_due_to_icans=death_due_to_icans,
-            )
-        )
-    except InputError as error:
-        raise _input_error(error) from None
+    findings = dict(locals())
+    ice_items = findings.pop("ice_items")
+    problems = Problems()
+    ice, result = _icans_grade(problems, ice_items=ice_items, **findings)
+    problems.raise_if_any()
+    assert result is not None
+    return ice, result
 
 
 @transaction.atomic(durable=True)
@@ -643,53 +563,47 @@ def icans_assessment_record(
     channel: str = "web",
 ) -> ICANSAssessment:
     """Grade ICANS by ASTCT (ICE, or CAPD for children <= 12); the AE takes the worst final grade."""
-    participant, ae = _assessment_context(actor, adverse_event, ICANSAssessment, assessed_at)
-    ice, computed = icans_compute(
-        age_years=age_years,
-        developmental_delay=developmental_delay,
-        ice_items={
-            "orientation": ice_orientation,
-            "naming": ice_naming,
-            "commands": ice_commands,
-            "writing": ice_writing,
-            "attention": ice_attention,
-        },
-        capd_score=capd_score,
-        consciousness=consciousness,
-        seizure=seizure,
-        motor=motor,
-        raised_icp=raised_icp,
-        death_due_to_icans=death_due_to_icans,
-    )
-    final = _final_grade(computed, investigator_grade, override_reason)
+    problems = Problems()
+    ice_items = {
+        "orientation": ice_orientation,
+        "naming": ice_naming,
+        "commands": ice_commands,
+        "writing": ice_writing,
+        "attention": ice_attention,
+    }
+    findings = {
+        "age_years": age_years,
+        "developmental_delay": developmental_delay,
+        "capd_score": capd_score,
+        "consciousness": consciousness,
+        "seizure": seizure,
+        "motor": motor,
+        "raised_icp": raised_icp,
+        "death_due_to_icans": death_due_to_icans,
+    }
+    participant, ae = _assessment_context(actor, adverse_event, ICANSAssessment, assessed_at, problems)
+    override_reason = problems.text("override_reason", override_reason, label="The reason for the override")
+    ice, computed = _icans_grade(problems, ice_items=ice_items, **findings)
+    final = _final_grade(computed, investigator_grade, override_reason, problems)
+    old_grade = _regrade(ae, participant, final.grade, computed.scale, problems) if final and computed else None
+    problems.raise_if_any()
+    assert computed is not None
+    assert final is not None
     assessment = ICANSAssessment(
         adverse_event=ae,
         assessed_at=assessed_at,
-        age_years=age_years,
-        developmental_delay=developmental_delay,
-        ice_orientation=ice_orientation,
-        ice_naming=ice_naming,
-        ice_commands=ice_commands,
-        ice_writing=ice_writing,
-        ice_attention=ice_attention,
+        **findings,
+        **{f"ice_{item}": value for item, value in ice_items.items()},
         ice_score=ice,
-        capd_score=capd_score,
-        consciousness=consciousness,
-        seizure=seizure,
-        motor=motor,
-        raised_icp=raised_icp,
-        death_due_to_icans=death_due_to_icans,
         computed_grade=computed.grade,
         computed_reason=computed.reason,
         scale=computed.scale,
         rule_version=computed.rule_version,
         investigator_grade=investigator_grade,
-        override_reason=override_reason.strip(),
+        override_reason=override_reason,
         final_grade=final.grade,
     )
-    with audit_context(actor=actor, channel=channel):
-        _save(assessment)
-    _regrade_ae(actor, ae, participant, computed.scale, computed.rule_version, channel)
+    _save_assessment(actor, assessment, ae, old_grade, channel)
     return assessment
 
 
@@ -778,9 +692,14 @@ def sae_report_to_sponsor(*, actor, case: SAECase, narrative: str, channel: str 
     _require_data_entry(actor, participant, "report SAEs")
     if case.sponsor_received_at is not None:
         raise RuleViolation("The initial report was already sent; send a follow-up with the new information.")
-    narrative = (narrative or "").strip()
-    if not narrative:
-        raise RuleViolation({"narrative": "Describe the event: what happened, treatment, current status."})
+    problems = Problems()
+    narrative = problems.text(
+        "narrative",
+        narrative,
+        label="The narrative",
+        required="Describe the event: what happened, treatment, current status.",
+    )
+    problems.raise_if_any()
     now = max(timezone.now(), case.site_aware_at)
     ae = case.adverse_event
     version = SAECaseVersion(
@@ -828,9 +747,9 @@ def sae_follow_up_submit(*, actor, case: SAECase, narrative: str, channel: str =
     previous = case.versions.order_by("-number").first()
     if previous is None:
         raise RuleViolation("Send the initial SAE report first.")
-    narrative = (narrative or "").strip()
-    if not narrative:
-        raise RuleViolation({"narrative": "Describe the new information."})
+    problems = Problems()
+    narrative = problems.text("narrative", narrative, label="The narrative", required="Describe the new information.")
+    problems.raise_if_any()
     ae = case.adverse_event
     now = timezone.now()
     version = SAECaseVersion(
@@ -902,44 +821,52 @@ def sae_sponsor_assess(
     _require_medical_monitor(actor, participant.study, "assess SAEs for the sponsor")
     if case.sponsor_received_at is None:
         raise RuleViolation("The site has not sent the initial SAE report yet; there is nothing to assess.")
+    problems = Problems()
     if case.assessed_at is not None:
-        reason = _required_reason(reason)
         _check_version(case, expected_version)
+        reason = _reason(reason, problems)
     ae = case.adverse_event
     rules = get_rules("causality", ae.causality_rules)
-    sponsor_causality = _normalise_causality(sponsor_causality, rules, "sponsor_causality")
-    if not sponsor_causality:
-        raise RuleViolation({"sponsor_causality": "Give the sponsor's causality assessment."})
-    causality_rationale = (causality_rationale or "").strip()
-    expectedness_rationale = (expectedness_rationale or "").strip()
+    sponsor_causality = normalise_causality(sponsor_causality, rules, "sponsor_causality", problems)
+    if not sponsor_causality and not problems.has("sponsor_causality"):
+        problems.add("sponsor_causality", "Give the sponsor's causality assessment.")
+    causality_rationale = problems.text("causality_rationale", causality_rationale, label="The causality rationale")
+    expectedness_rationale = problems.text(
+        "expectedness_rationale", expectedness_rationale, label="The expectedness rationale"
+    )
     investigator = ae.causality_product
     if (
-        investigator
+        sponsor_causality
+        and investigator
         and causality_is_related(investigator, rules=rules)
         and not causality_is_related(sponsor_causality, rules=rules)
         and not causality_rationale
+        and not problems.has("causality_rationale")
     ):
-        raise RuleViolation(
-            {
-                "sponsor_causality": f"The sponsor cannot downgrade the investigator's causality ('{investigator}', related): "
-                "it stands and the case stays related. To record your disagreement, give its rationale; both "
-                "opinions go in the report."
-            }
+        problems.add(
+            "sponsor_causality",
+            f"The sponsor cannot downgrade the investigator's causality ('{investigator}', related): "
+            "it stands and the case stays related. To record your disagreement, give its rationale; both "
+            "opinions go in the report.",
         )
     rsi = _rsi_expectedness(ae, participant.study)
-    if expected is None:
-        if rsi is None:
-            raise RuleViolation(
-                {"expected": "No reference safety information is on file: state whether the event is expected."}
-            )
+    if expected is None and rsi is None:
+        problems.add("expected", "No reference safety information is on file: state whether the event is expected.")
+    elif expected is None:
         expected = rsi.expected
-    if (rsi is None or rsi.expected != expected) and not expectedness_rationale:
+    if (
+        expected is not None
+        and (rsi is None or rsi.expected != expected)
+        and not expectedness_rationale
+        and not problems.has("expectedness_rationale")
+    ):
         why = (
             "no RSI is on file"
             if rsi is None
             else f"the RSI says {'expected' if rsi.expected else 'unexpected'} ({rsi.reason})"
         )
-        raise RuleViolation({"expectedness_rationale": f"Give the rationale for your expectedness judgement: {why}."})
+        problems.add("expectedness_rationale", f"Give the rationale for your expectedness judgement: {why}.")
+    problems.raise_if_any()
     susar = determine_susar(
         serious=True,
         investigator_causality=investigator or None,
@@ -1029,13 +956,16 @@ def expedited_report_submit(
     _check_version(current, expected_version)
     now = timezone.now()
     submitted_at = submitted_at or now
-    _not_future_time("submitted_at", submitted_at, "The submission time", now)
-    if submitted_at < current.started_at:
-        raise RuleViolation({"submitted_at": "A report cannot be submitted before its clock started."})
+    problems = Problems()
+    usable = _not_future_time("submitted_at", submitted_at, "The submission time", now, problems)
+    if usable and submitted_at < current.started_at:
+        problems.add("submitted_at", "A report cannot be submitted before its clock started.")
+    acknowledgement = problems.text(
+        "acknowledgement", acknowledgement, label="The acknowledgement / reference ID", single_line=True
+    )
+    problems.raise_if_any()
     with audit_context(actor=actor, reason=f"{current.get_kind_display()} submitted", channel=channel):
-        _mark_submitted(
-            current, actor=actor, submitted_at=submitted_at, acknowledgement=(acknowledgement or "").strip()
-        )
+        _mark_submitted(current, actor=actor, submitted_at=submitted_at, acknowledgement=acknowledgement)
     return current
 
 
@@ -1186,19 +1116,25 @@ def dlt_definition_create(
 ) -> DLTDefinition:
     """A new version of the study's DLT definition and stopping rule (versions are never edited)."""
     _require_role(actor, study=study, roles={Role.DATA_MANAGER, Role.MEDICAL_MONITOR}, action="define DLTs")
-    reason = (reason or "").strip()
-    if not reason:
-        raise RuleViolation({"reason": "Say why the definition is created or changed (e.g. protocol amendment)."})
+    problems = Problems()
+    reason = problems.text(
+        "reason",
+        reason,
+        label="The reason",
+        required="Say why the definition is created or changed (e.g. protocol amendment).",
+    )
+    clean: dict[str, Any] = {}
     try:
         clean = validate_dlt_config(config)
     except InputError as error:
-        raise RuleViolation({"config": f"{error.field}: {error.message}"}) from None
+        problems.add("config", f"{error.field}: {error.message}")
     study = Study.objects.select_for_update().get(pk=study.pk)
     last = study.dlt_definitions.order_by("-number").first()
-    if last is not None and effective_from < last.effective_from:
-        raise RuleViolation(
-            {"effective_from": f"Version {last.number} is effective from {last.effective_from:%Y-%m-%d}."}
-        )
+    if effective_from is None:
+        problems.add("effective_from", "Give the date the definition takes effect.")
+    elif last is not None and effective_from < last.effective_from:
+        problems.add("effective_from", f"Version {last.number} is effective from {last.effective_from:%Y-%m-%d}.")
+    problems.raise_if_any()
     definition = DLTDefinition(
         study=study,
         number=(last.number if last else 0) + 1,
@@ -1214,6 +1150,16 @@ def dlt_definition_create(
 
 def dlt_definition_current(study: Study) -> DLTDefinition | None:
     return study.dlt_definitions.order_by("-number").first()
+
+
+def _adjudication_state(participant: Participant, problems: Problems) -> DLTDefinition | None:
+    """The definition an adjudication signs against; what keeps the participant from one is a problem."""
+    if not participant.infusions.filter(voided_at=None).exists():
+        problems.add("__all__", "Only an infused participant is adjudicated for DLTs.")
+    definition = dlt_definition_current(participant.study)
+    if definition is None:
+        problems.add("__all__", "The study has no DLT definition yet; the data manager creates it first.")
+    return definition
 
 
 def dlt_adjudicate(
@@ -1233,24 +1179,27 @@ def dlt_adjudicate(
     """The safety review committee's signed decision on a participant (docs/domain.md §3.6). A changed
     decision needs a reason and the version it was loaded with."""
     _require_medical_monitor(actor, participant.study, "adjudicate DLTs")
-    rationale = (rationale or "").strip()
-    if not rationale:
-        raise RuleViolation({"rationale": "Record the committee's rationale."})
+    problems = Problems()
+    rationale = problems.text(
+        "rationale", rationale, label="The rationale", required="Record the committee's rationale."
+    )
     if is_dlt and not evaluable:
-        raise RuleViolation({"evaluable": "A participant with a DLT is DLT-evaluable."})
+        problems.add("evaluable", "A participant with a DLT is DLT-evaluable.")
     if is_dlt and adverse_event is None:
-        raise RuleViolation({"adverse_event": "Name the event that is the DLT."})
+        problems.add("adverse_event", "Name the event that is the DLT.")
     if adverse_event is not None and adverse_event.participant_id != participant.pk:
-        raise RuleViolation({"adverse_event": "This event belongs to another participant."})
+        problems.add("adverse_event", "This event belongs to another participant.")
+    _adjudication_state(participant, problems)
+    if DLTAdjudication.objects.filter(participant=participant).exists():
+        reason = _reason(reason, problems)
     # The failed attempt must stay recorded, so the password check runs before the atomic block.
-    _check_password(actor, password, request)
+    with problems.collect():
+        _check_password(actor, password, request)
+    problems.raise_if_any()
     with transaction.atomic(durable=True):
         participant = _lock_participant(participant)
-        if not participant.infusions.filter(voided_at=None).exists():
-            raise RuleViolation("Only an infused participant is adjudicated for DLTs.")
-        definition = dlt_definition_current(participant.study)
-        if definition is None:
-            raise RuleViolation("The study has no DLT definition yet; the data manager creates it first.")
+        definition = _adjudication_state(participant, problems)
+        problems.raise_if_any()
         existing = DLTAdjudication.objects.select_for_update().filter(participant=participant).first()
         now = timezone.now()
         values = {
@@ -1268,8 +1217,9 @@ def dlt_adjudicate(
             with audit_context(actor=actor, reason="DLT adjudication", channel=channel):
                 _save(adjudication)
             return adjudication
-        reason = _required_reason(reason)
         _check_version(existing, expected_version)
+        reason = _reason(reason, problems)  # a first decision may have been signed meanwhile
+        problems.raise_if_any()
         for name, value in values.items():
             setattr(existing, name, value)
         existing.version += 1

@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from safety import forms, selectors, services
+from safety import forms, problems, selectors, services
 from safety.models import AECategory, CTCAETerm, DLTAdjudication, ExpeditedReport, SAECase
 from trials import web
 from trials.models import Role
@@ -28,6 +28,12 @@ from trials.selectors import can_enter_data, participant_get, study_get
 # ---------------------------------------------------------------------------------------------
 # Helpers (calling a service and showing its refusal: trials/web.py)
 # ---------------------------------------------------------------------------------------------
+
+
+def _posted(request):
+    """The POST data of a submission, even an empty one (``request.POST or None`` would treat an
+    empty submission as a first visit and show no errors)."""
+    return request.POST if request.method == "POST" else None
 
 
 def _require_medical_monitor(user, study) -> None:
@@ -69,7 +75,7 @@ def _ae_form(request, participant, *, ae=None):
     rules = ae.causality_rules if ae is not None else profile.causality_rules
     initial = forms.AdverseEventForm.initial_from(ae) if ae is not None else {}
     form = forms.AdverseEventForm(
-        request.POST or None, terms=terms, causality_rules=rules, editing=ae is not None, initial=initial
+        _posted(request), terms=terms, causality_rules=rules, editing=ae is not None, initial=initial
     )
     form.fields["ctcae_term"].widget.attrs.update(
         {
@@ -103,6 +109,22 @@ def _ae_form_page(request, participant, form, *, ae=None, title: str, submit: st
     return web.render_form(request, "safety/ae_form.html", context)
 
 
+def _add_rule_problems(request, form, participant, *, ae=None) -> None:
+    """The form refused some fields: also show what the service would refuse in the others, so the
+    user sees every problem in one answer (nothing is saved)."""
+    if ae is None:
+        fields = form.service_kwargs()
+    else:
+        fields = {name: value for name, value in form.service_kwargs().items() if name not in form.errors}
+    found = problems.adverse_event_problems(
+        actor=request.user, participant=participant, fields=fields, adverse_event=ae
+    )
+    for field, field_messages in found.items():
+        if field in form.fields and field not in form.errors:
+            for message in field_messages:
+                form.add_error(field, message)
+
+
 def _serious_message(request, ae) -> None:
     case = getattr(ae, "sae_case", None)
     if case is None:
@@ -121,7 +143,9 @@ def _serious_message(request, ae) -> None:
 def ae_create(request, pk: int):
     participant = participant_get(user=request.user, pk=pk, write=True)
     form = _ae_form(request, participant)
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST" and not form.is_valid():
+        _add_rule_problems(request, form, participant)
+    elif request.method == "POST":
         ae = web.submit(request, form, services.adverse_event_record, participant=participant, **form.service_kwargs())
         if ae is not None:
             messages.success(request, f"AE {ae.sequence} recorded: {ae.verbatim_term}, grade {ae.grade}.")
@@ -136,7 +160,9 @@ def ae_update(request, pk: int):
     ae = selectors.adverse_event_get(user=request.user, pk=pk, write=True)
     participant = ae.participant
     form = _ae_form(request, participant, ae=ae)
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST" and not form.is_valid():
+        _add_rule_problems(request, form, participant, ae=ae)
+    elif request.method == "POST":
         changes = form.changes(ae)
         if not changes:
             messages.info(request, "Nothing was changed.")
@@ -238,7 +264,7 @@ def _assessment_view(request, pk: int, *, kind: str):
     if not is_crs:
         participant = ae.participant
         initial["age_years"] = timezone.now().year - participant.birth_year
-    form = form_class(request.POST or None, initial=initial)
+    form = form_class(_posted(request), initial=initial)
     computed, problem = None, ""
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -312,7 +338,7 @@ def sae_report(request, pk: int):
     case = selectors.sae_case_get(user=request.user, pk=pk)
     ae = selectors.adverse_event_get(user=request.user, pk=case.adverse_event_id, write=True)
     initial = case.sponsor_received_at is None
-    form = forms.SAEReportForm(request.POST or None)
+    form = forms.SAEReportForm(_posted(request))
     if request.method == "POST" and form.is_valid():
         service = services.sae_report_to_sponsor if initial else services.sae_follow_up_submit
         version = web.submit(request, form, service, case=case, narrative=form.cleaned_data["narrative"])
@@ -355,7 +381,7 @@ def sae_assess(request, pk: int):
             "version": case.version,
         }
     form = forms.SponsorAssessmentForm(
-        request.POST or None, causality_rules=ae.causality_rules, editing=editing, initial=initial
+        _posted(request), causality_rules=ae.causality_rules, editing=editing, initial=initial
     )
     if request.method == "POST" and form.is_valid():
         saved = web.submit(request, form, services.sae_sponsor_assess, case=case, **form.service_kwargs())
@@ -384,7 +410,7 @@ def report_submit(request, pk: int):
     ae = report.case.adverse_event
     study = ae.participant.study
     _require_medical_monitor(request.user, study)
-    form = forms.ReportSubmitForm(request.POST or None, initial={"version": report.version})
+    form = forms.ReportSubmitForm(_posted(request), initial={"version": report.version})
     if request.method == "POST" and form.is_valid():
         saved = web.submit(
             request,
@@ -481,7 +507,7 @@ def dlt_adjudicate(request, pk: int):
         }
     aes = participant.adverse_events.filter(voided_at=None).select_related("ctcae_term").order_by("sequence")
     form = forms.DLTAdjudicationForm(
-        request.POST or None, adverse_events=aes, editing=existing is not None, initial=initial
+        _posted(request), adverse_events=aes, editing=existing is not None, initial=initial
     )
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
