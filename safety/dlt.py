@@ -1,5 +1,5 @@
 """Dose-limiting toxicity: the per-study definition as versioned data, and the evaluation of one
-participant's events against it (docs/domain.md Part A §3.6). Pure functions over plain values; the
+participant's events against it (docs/domain.md §3.6). Pure functions over plain values; the
 selectors feed them database rows and the SRC's adjudications.
 
 Day 0 is the infusion day; the DLT window is Day 0 to Day ``window_days`` inclusive. An event whose
@@ -18,10 +18,10 @@ from typing import Any
 from safety.ae_rules import PartialDate
 from safety.rules_data import InputError, get_rules
 
-# docs/domain.md §3.6 typical definition: related grade >= 3 AE in the window, grade >= 3 CRS, grade >= 2
-# ICANS, any related SAE. ``None`` switches a criterion off.
+# docs/domain.md §3.6 typical cell-therapy definition: related grade >= 3 AE in the window, grade >= 3
+# CRS, grade >= 2 ICANS, any related SAE. ``None`` switches a criterion off. The config is stored
+# with each definition and may be shown to users, so it carries no document citation.
 DEFAULT_DLT_CONFIG: dict[str, Any] = {
-    "source": "docs/domain.md Part A §3.6 (typical cell-therapy DLT definition)",
     "window_days": None,  # None: the study's dlt_window_days
     "related_grade_min": 3,
     "related_to": ["product"],  # causality targets that make an AE "related": product, leukapheresis, procedures
@@ -42,6 +42,8 @@ def validate_dlt_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config with defaults filled in; ``InputError`` naming the key for anything malformed."""
     if not isinstance(config, Mapping):
         raise InputError("config", "The DLT definition must be a JSON object.")
+    # Definitions stored by earlier versions carried a document citation under "source": dropped.
+    config = {key: value for key, value in config.items() if key != "source"}
     unknown = set(config) - set(DEFAULT_DLT_CONFIG)
     if unknown:
         raise InputError("config", f"Unknown key(s): {', '.join(sorted(unknown))}.")

@@ -1,7 +1,8 @@
-"""Dose-escalation decisions and Bayesian toxicity stopping rules (docs/domain.md Part A §3.7-3.8).
+"""Dose-escalation decisions and Bayesian toxicity stopping rules (docs/domain.md §3.7-3.8).
 
 Pure functions: the caller counts DLT-evaluable subjects and DLTs (after SRC adjudication) and
-records the returned decision, rule text and rule version.
+records the returned decision, rule text and rule version. The rule texts are plain sentences for
+the people who decide; the rule numbers they apply are cited in the comments beside them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ class Decision(StrEnum):
     STOP_NO_TOLERABLE_DOSE = "stop_no_tolerable_dose"
     STOP_MAX_DOSE_REACHED = "stop_max_dose_reached"
     WAIT = "wait"
+
+    @property
+    def label(self) -> str:
+        return _DECISION_LABELS[self]
+
+
+_DECISION_LABELS = {
+    Decision.ESCALATE: "Escalate",
+    Decision.EXPAND_TO_6: "Treat 6 at this dose",
+    Decision.MTD_EXCEEDED_DEESCALATE: "Above the MTD: de-escalate",
+    Decision.MTD_IDENTIFIED: "MTD found",
+    Decision.STOP_NO_TOLERABLE_DOSE: "Stop: no tolerable dose",
+    Decision.STOP_MAX_DOSE_REACHED: "Stop: highest planned dose reached",
+    Decision.WAIT: "Wait",
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +78,10 @@ class LevelCounts:
                 f"{field}.treated", "Evaluable plus non-evaluable subjects cannot exceed the subjects treated."
             )
         if self.evaluable > max_evaluable:
-            raise InputError(f"{field}.evaluable", f"A 3+3 dose level has at most {max_evaluable} evaluable subjects.")
+            raise InputError(
+                f"{field}.evaluable",
+                f"{self.evaluable} evaluable participants: a 3+3 dose level holds at most {max_evaluable}.",
+            )
 
 
 @dataclass(frozen=True)
@@ -85,7 +104,8 @@ def three_plus_three(
     above_exceeds_mtd: bool = False,
     rules: Mapping[str, Any] | None = None,
 ) -> EscalationDecision:
-    """3+3 decision at dose level d (docs/domain.md §3.7).
+    """3+3 decision at dose level d (docs/domain.md §3.7). Expansion and placebo cohorts are not dose
+    levels: the caller leaves them out of the sequence.
 
     ``below`` is the level d-1 (None only at the lowest level). ``above_exceeds_mtd`` says that d+1
     already exceeded the MTD, i.e. this level is being filled to 6 after a de-escalation.
@@ -128,14 +148,13 @@ def three_plus_three(
     dlts, evaluable = current.dlts, current.evaluable
     tolerable_of_6 = rules["tolerable_max_dlts_of_6"]
 
-    # Rules 2b, 3 and 4: >= 2 DLTs (of 3 or of 6) means d exceeds the MTD.
+    # docs/domain.md §3.7 rules 2b, 3 and 4: >= 2 DLTs (of 3 or of 6) means d exceeds the MTD.
     if dlts > tolerable_of_6:
-        of = f"{dlts} of {evaluable} evaluable"
+        had = f"{dlts} of {evaluable} evaluable participants had a DLT"
         if is_lowest:
             return decide(
                 Decision.STOP_NO_TOLERABLE_DOSE,
-                f"§3.7 rule 4: {of} DLTs at the lowest dose level, which exceeds tolerability; "
-                "stop the trial with no tolerable dose.",
+                f"{had} at the lowest dose, more than it tolerates: stop the trial, no dose is tolerable.",
                 None,
             )
         assert below is not None
@@ -143,17 +162,17 @@ def three_plus_three(
         if below_full:
             return decide(
                 Decision.MTD_EXCEEDED_DEESCALATE,
-                f"§3.7 rules 2b/3: {of} DLTs, so d exceeds the MTD. Level d-1 already has "
-                f"{below.dlts}/{below.evaluable} DLTs (<= {tolerable_of_6}/6) and is the MTD.",
+                f"{had}: this dose is above the maximum tolerated dose (MTD). The dose below had "
+                f"{below.dlts} DLT(s) in {below.evaluable} participants and is the MTD.",
                 -1,
                 mtd=-1,
             )
         needed = full - below.evaluable - below.pending
         return decide(
             Decision.MTD_EXCEEDED_DEESCALATE,
-            f"§3.7 rules 2b/3: {of} DLTs, so d exceeds the MTD. De-escalate: level d-1 has only "
-            f"{below.evaluable} evaluable subjects; expand it to {full}. It is the MTD only if <= "
-            f"{tolerable_of_6}/{full} have a DLT.",
+            f"{had}: this dose is above the maximum tolerated dose (MTD). Go back to the dose below and "
+            f"treat {full} participants there (it has {below.evaluable} evaluable); it is the MTD only if "
+            f"at most {tolerable_of_6} of the {full} have a DLT.",
             -1,
             expand_below=True,
             needed=max(needed, 0),
@@ -162,72 +181,75 @@ def three_plus_three(
     if current.pending > 0:
         return decide(
             Decision.WAIT,
-            f"§3.7: decide only when every subject at d is DLT-evaluable ({current.pending} still in the DLT window).",
+            f"Decide when every participant at this dose has finished the DLT window ({current.pending} still in it).",
             0,
         )
 
     if evaluable < size or size < evaluable < full:
+        # docs/domain.md §3.6: participants not evaluable for reasons other than a DLT are replaced.
         target = size if evaluable < size else full
         replacing = (
-            f" (replacing {current.not_evaluable} not evaluable for non-DLT reasons)" if current.not_evaluable else ""
+            f", replacing {current.not_evaluable} not evaluable for reasons other than a DLT"
+            if current.not_evaluable
+            else ""
         )
         return decide(
             Decision.WAIT,
-            f"§3.6/3.7: {evaluable} evaluable of the {target} needed; dose {target - evaluable} more "
-            f"subject(s) at d{replacing}.",
+            f"{evaluable} evaluable of the {target} needed: treat {target - evaluable} more participant(s) "
+            f"at this dose{replacing}.",
             0,
             needed=target - evaluable,
         )
 
     if evaluable == size:
-        if dlts == rules["expand_dlts_of_3"]:
+        if dlts == rules["expand_dlts_of_3"]:  # rule 2
             return decide(
                 Decision.EXPAND_TO_6,
-                f"§3.7 rule 2: {dlts}/{size} DLT; add {full - size} more subjects at d ({full} in total).",
+                f"{dlts} of {size} participants had a DLT: treat {full - size} more at this dose ({full} in all).",
                 0,
                 needed=full - size,
             )
         # dlts == 0
-        if above_exceeds_mtd:
+        if above_exceeds_mtd:  # rules 2b/3: fill the level below a toxic one to 6
             return decide(
                 Decision.EXPAND_TO_6,
-                f"§3.7 rules 2b/3: d+1 exceeds the MTD and d has {dlts}/{size} DLTs; treat {full} at d; "
-                f"it is the MTD only if <= {tolerable_of_6}/{full} have a DLT.",
+                f"The dose above is beyond the MTD and {dlts} of {size} participants had a DLT here: treat "
+                f"{full} at this dose; it is the MTD only if at most {tolerable_of_6} of the {full} have a DLT.",
                 0,
                 needed=full - size,
             )
-        if is_highest:
+        if is_highest:  # rule 4
             return decide(
                 Decision.STOP_MAX_DOSE_REACHED,
-                f"§3.7 rule 4: {dlts}/{size} DLTs at the highest planned level; stop at the maximum planned "
-                "dose (no MTD reached).",
+                f"{dlts} of {size} participants had a DLT at the highest planned dose: stop escalating there "
+                "(no MTD reached).",
                 None,
             )
-        return decide(
+        return decide(  # rule 1
             Decision.ESCALATE,
-            f"§3.7 rule 1: {dlts}/{size} DLTs; escalate to d+1 with {size} new subjects.",
+            f"{dlts} of {size} participants had a DLT: escalate to the next dose with {size} new participants.",
             1,
             needed=size,
         )
 
     # evaluable == 6 with <= 1 DLT
-    if above_exceeds_mtd:
+    if above_exceeds_mtd:  # rule 5
         return decide(
             Decision.MTD_IDENTIFIED,
-            f"§3.7 rule 5: {dlts}/{full} DLTs at d and d+1 exceeds the MTD; d is the MTD.",
+            f"{dlts} of {full} participants had a DLT here and the dose above is beyond the MTD: this dose is the MTD.",
             None,
             mtd=0,
         )
-    if is_highest:
+    if is_highest:  # rule 4
         return decide(
             Decision.STOP_MAX_DOSE_REACHED,
-            f"§3.7 rule 4: {dlts}/{full} DLTs at the highest planned level; stop at the maximum planned "
-            "dose (no MTD reached).",
+            f"{dlts} of {full} participants had a DLT at the highest planned dose: stop escalating there "
+            "(no MTD reached).",
             None,
         )
-    return decide(
+    return decide(  # rule 2a
         Decision.ESCALATE,
-        f"§3.7 rule 2a: {dlts}/{full} DLTs; escalate to d+1 with {size} new subjects.",
+        f"{dlts} of {full} participants had a DLT: escalate to the next dose with {size} new participants.",
         1,
         needed=size,
     )
@@ -241,7 +263,12 @@ def three_plus_three(
 @dataclass(frozen=True)
 class BetaBinomialRule:
     """Stop (refer to the DSMB) when P(theta > theta0 | x events of n) > cutoff, with a Beta(a, b)
-    prior, at each look n (every evaluable subject 1..max_n when ``looks`` is None)."""
+    prior, at each look n (every evaluable subject 1..max_n when ``looks`` is None).
+
+    ``max_n`` is the design's maximum: the boundary table and the operating characteristics are
+    computed up to it. A study that goes on to more evaluable subjects (an expansion cohort) is
+    still monitored: past ``max_n`` the same posterior rule is evaluated at every n.
+    """
 
     prior_a: float
     prior_b: float
@@ -305,16 +332,31 @@ def stop_triggered(rule: BetaBinomialRule, x: int, n: int) -> bool:
     return posterior_prob_exceeds(rule, x, n) > rule.cutoff
 
 
-def boundary_table(rule: BetaBinomialRule) -> dict[int, int | None]:
-    """For each look n, the smallest number of events x that triggers a stop (None: no x <= n does).
+def boundary_at(rule: BetaBinomialRule, n: int) -> int | None:
+    """The smallest number of events x <= n that triggers a stop at n (None: no x <= n does), for
+    any n, within or past the design's maximum.
 
     The posterior probability increases with x at fixed n (Beta(a+x, b+n-x) is stochastically
-    increasing in x), so every x at or above the boundary stops as well.
+    increasing in x), so every x at or above the boundary stops as well, and bisection finds it.
     """
-    table: dict[int, int | None] = {}
-    for n in rule.look_points:
-        table[n] = next((x for x in range(n + 1) if stop_triggered(rule, x, n)), None)
-    return table
+    _check_counts(rule, 0, n)
+    if not stop_triggered(rule, n, n):
+        return None
+    low, high = 0, n
+    while low < high:
+        middle = (low + high) // 2
+        if stop_triggered(rule, middle, n):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def boundary_table(rule: BetaBinomialRule, *, up_to: int | None = None) -> dict[int, int | None]:
+    """For each look n, the smallest number of events x that triggers a stop (None: no x <= n does);
+    with ``up_to`` past the design's maximum, also every n from ``max_n + 1`` to ``up_to``."""
+    extra = range(rule.max_n + 1, up_to + 1) if up_to is not None else range(0)
+    return {n: boundary_at(rule, n) for n in (*rule.look_points, *extra)}
 
 
 @dataclass(frozen=True)
@@ -371,16 +413,33 @@ class MonitoringStatus:
     events_to_boundary: int | None  # further events at this n that would reach the boundary
     is_look: bool
     rule_version: str
+    past_design_max: bool = False  # n > max_n: the boundary is extended by the same rule
+    design_max: int | None = None
+
+    @property
+    def extension_note(self) -> str:
+        if not self.past_design_max:
+            return ""
+        return (
+            f"n = {self.n} is past the designed maximum of {self.design_max}; "
+            "the boundary is extended by the same rule."
+        )
 
 
 def monitoring_status(rule: BetaBinomialRule, x: int, n: int) -> MonitoringStatus:
-    """Live status for a cohort (or the pooled population) with x events in n evaluable subjects."""
+    """Live status for a cohort (or the pooled population) with x events in n evaluable subjects.
+
+    Always gives the posterior probability. Within the design the rule is checked at its looks;
+    past ``max_n`` (more evaluable subjects than the design planned) it is checked at every n, with
+    the boundary computed by the same posterior rule, and ``past_design_max`` says so.
+    """
     _check_counts(rule, x, n)
-    if n > rule.max_n:
-        raise InputError("n", f"The rule monitors up to {rule.max_n} subjects.")
     probability = posterior_prob_exceeds(rule, x, n)
-    is_look = n in rule.look_points
-    boundary = boundary_table(rule).get(n) if is_look else None
+    past = n > rule.max_n
+    is_look = past or n in rule.look_points
+    boundary = boundary_at(rule, n) if is_look else None
     stop = is_look and probability > rule.cutoff
     to_boundary = max(boundary - x, 0) if boundary is not None else None
-    return MonitoringStatus(n, x, probability, rule.cutoff, boundary, stop, to_boundary, is_look, rule.version)
+    return MonitoringStatus(
+        n, x, probability, rule.cutoff, boundary, stop, to_boundary, is_look, rule.version, past, rule.max_n
+    )

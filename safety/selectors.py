@@ -21,6 +21,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
+from safety.cohorts import CohortKind, cohort_dose_name, cohort_kind, cohort_label
 from safety.dlt import (
     DEFAULT_DLT_CONFIG,
     DLTEvent,
@@ -31,6 +32,7 @@ from safety.dlt import (
 )
 from safety.escalation import (
     BetaBinomialRule,
+    Decision,
     EscalationDecision,
     LevelCounts,
     MonitoringStatus,
@@ -197,7 +199,9 @@ def dlt_definition(study: Study) -> DLTDefinition | None:
 
 def dlt_config(study: Study) -> dict[str, Any]:
     definition = dlt_definition(study)
-    return dict(definition.config) if definition is not None else dict(DEFAULT_DLT_CONFIG)
+    config = dict(definition.config) if definition is not None else dict(DEFAULT_DLT_CONFIG)
+    config.pop("source", None)  # a citation stored by earlier versions; never shown
+    return config
 
 
 def _dlt_event(ae: AdverseEvent) -> DLTEvent:
@@ -295,6 +299,16 @@ class CohortEscalation:
     decision: EscalationDecision | None
     note: str
     participants: list[ParticipantDLTRow] = field(default_factory=list)
+    kind: CohortKind = CohortKind.ESCALATION
+    summary: str = ""  # the decision in one plain sentence, naming cohorts by their dose
+
+    @property
+    def name(self) -> str:
+        return cohort_label(self.cohort)
+
+    @property
+    def dlt_rate(self) -> float | None:
+        return self.counts.dlts / self.counts.evaluable if self.counts.evaluable else None
 
 
 def _counts(rows: list[ParticipantDLTRow]) -> tuple[LevelCounts, int]:
@@ -310,94 +324,145 @@ def _counts(rows: list[ParticipantDLTRow]) -> tuple[LevelCounts, int]:
     )
 
 
-def cohort_escalation(*, study: Study, today: dt.date) -> list[CohortEscalation]:
-    """The 3+3 decision at every dose level (docs/domain.md §3.7), from the cohort's DLT counts.
+def _rate_text(counts: LevelCounts) -> str:
+    if not counts.evaluable:
+        return "no DLT-evaluable participant yet"
+    return f"{counts.dlts} DLT(s) in {counts.evaluable} evaluable participants ({counts.dlts / counts.evaluable:.0%})"
 
-    A level whose counts the 3+3 rules cannot take (e.g. more than 6 evaluable, or the level below
-    already beyond the MTD) shows why instead of a decision.
+
+def _summary(decision: EscalationDecision, cohort: DoseCohort, below: DoseCohort | None, above: DoseCohort | None):
+    """The decision as one sentence that names the cohorts (docs/domain.md §3.7)."""
+    here, lower = cohort_dose_name(cohort), cohort_dose_name(below) if below else ""
+    match decision.decision:
+        case Decision.ESCALATE:
+            return f"Escalate to {cohort_dose_name(above)}." if above else "Escalate to the next dose."
+        case Decision.EXPAND_TO_6:
+            return f"Treat {decision.subjects_needed} more participant(s) in {here}."
+        case Decision.MTD_EXCEEDED_DEESCALATE if decision.mtd_level_offset == -1:
+            return f"MTD: {lower}."
+        case Decision.MTD_EXCEEDED_DEESCALATE:
+            return f"Above the MTD: go back to {lower} and treat {decision.subjects_needed} more there."
+        case Decision.MTD_IDENTIFIED:
+            return f"MTD: {here}."
+        case Decision.STOP_NO_TOLERABLE_DOSE:
+            return "Stop the trial: no dose is tolerable."
+        case Decision.STOP_MAX_DOSE_REACHED:
+            return f"Highest planned dose reached without an MTD: {here}."
+    if decision.subjects_needed:
+        return f"Treat {decision.subjects_needed} more participant(s) in {here}."
+    return f"Wait until every participant in {here} has finished the DLT window."
+
+
+def cohort_escalation(*, study: Study, today: dt.date) -> list[CohortEscalation]:
+    """The 3+3 decision at every dose-escalation step (docs/domain.md §3.7), from the cohort's DLT
+    counts. Expansion and placebo cohorts are not steps: they are shown with their DLT rate, and the
+    escalation sequence (lowest, highest, the level below) runs over the steps only.
+
+    A step whose counts the 3+3 rules cannot take (e.g. the level below already beyond the MTD)
+    shows why instead of a decision.
     """
     cohorts = list(study.cohorts.order_by("number"))
     rows = participant_dlt_rows(Participant.objects.filter(study=study, cohort__isnull=False), study=study, today=today)
     by_cohort: dict[int, list[ParticipantDLTRow]] = defaultdict(list)
     for row in rows:
         by_cohort[row.participant.cohort_id].append(row)
-    counted = [(c, *_counts(by_cohort[c.pk])) for c in cohorts]
     rules = get_rules("three_plus_three")
+    counted = {c.pk: _counts(by_cohort[c.pk]) for c in cohorts}
+    kinds = {c.pk: cohort_kind(c, treated=counted[c.pk][0].treated, rules=rules) for c in cohorts}
+    steps = [c for c in cohorts if kinds[c.pk] is CohortKind.ESCALATION]
     result = []
-    for index, (cohort, counts, provisional) in enumerate(counted):
-        below = counted[index - 1][1] if index > 0 else None
-        above = counted[index + 1][1] if index + 1 < len(counted) else None
-        decision, note = None, ""
-        if counts.treated == 0:
+    for cohort in cohorts:
+        counts, provisional = counted[cohort.pk]
+        kind = kinds[cohort.pk]
+        decision, note, summary = None, "", ""
+        if kind is CohortKind.EXPANSION:
+            note = f"Expansion cohort, not a dose-escalation step: {_rate_text(counts)}."
+        elif kind is CohortKind.PLACEBO:
+            note = f"Placebo cohort, not part of the dose escalation: {_rate_text(counts)}."
+        elif counts.treated == 0:
             note = "No participant dosed at this level yet."
         else:
+            index = steps.index(cohort)
+            below = steps[index - 1] if index > 0 else None
+            above = steps[index + 1] if index + 1 < len(steps) else None
             try:
                 decision = three_plus_three(
                     counts,
-                    below=below,
-                    is_lowest=index == 0,
-                    is_highest=index + 1 == len(counted),
-                    above_exceeds_mtd=above is not None and above.dlts > rules["tolerable_max_dlts_of_6"],
+                    below=counted[below.pk][0] if below else None,
+                    is_lowest=below is None,
+                    is_highest=above is None,
+                    above_exceeds_mtd=above is not None
+                    and counted[above.pk][0].dlts > rules["tolerable_max_dlts_of_6"],
                     rules=rules,
                 )
+                summary = _summary(decision, cohort, below, above)
             except InputError as error:
                 note = error.message
-        result.append(CohortEscalation(cohort, counts, provisional, decision, note, by_cohort[cohort.pk]))
+        result.append(
+            CohortEscalation(cohort, counts, provisional, decision, note, by_cohort[cohort.pk], kind, summary)
+        )
     return result
 
 
 @dataclass(frozen=True)
 class StoppingRuleView:
     rule: BetaBinomialRule
-    status: MonitoringStatus | None
+    status: MonitoringStatus
     boundaries: dict[int, int | None]
-    boundary_rows: list[tuple[str, int | None]]  # (n range, stop if DLTs >=), consecutive n merged
+    boundary_rows: list[tuple[str, int | None, bool]]  # (n range, stop if DLTs >=, past the design), merged
     operating: list[tuple[float, float, float]]  # (true rate, P(stop), expected N)
     n: int
     x: int
     provisional: int
     note: str
+    placebo_excluded: int = 0  # evaluable participants of placebo cohorts, not counted
+
+    @property
+    def extension_note(self) -> str:
+        return self.status.extension_note
 
 
 OC_RATES = (0.05, 0.10, 0.20, 0.30, 0.40, 0.50)
 
 
-def _merged_boundaries(table: dict[int, int | None]) -> list[tuple[str, int | None]]:
-    rows: list[tuple[list[int], int | None]] = []
+def _merged_boundaries(table: dict[int, int | None], design_max: int) -> list[tuple[str, int | None, bool]]:
+    rows: list[tuple[list[int], int | None, bool]] = []
     for n, boundary in table.items():
-        if rows and rows[-1][1] == boundary and rows[-1][0][-1] == n - 1:
+        extended = n > design_max
+        if rows and rows[-1][1] == boundary and rows[-1][0][-1] == n - 1 and rows[-1][2] == extended:
             rows[-1][0].append(n)
         else:
-            rows.append(([n], boundary))
-    return [(f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}", boundary) for ns, boundary in rows]
+            rows.append(([n], boundary, extended))
+    return [(f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}", boundary, ext) for ns, boundary, ext in rows]
 
 
 def stopping_rule_status(
     *, study: Study, today: dt.date, cohorts: list[CohortEscalation] | None = None
 ) -> StoppingRuleView:
-    """The Bayesian beta-binomial stopping rule over the study's DLT-evaluable participants (pooled,
-    docs/domain.md §3.8), with its boundary table and operating characteristics."""
+    """The Bayesian beta-binomial stopping rule over the study's DLT-evaluable participants given the
+    product (pooled over escalation and expansion cohorts; placebo cohorts are not counted), with its
+    boundary table and operating characteristics (docs/domain.md §3.8). The current posterior
+    probability and stop/continue status are always given, also past the design's maximum n."""
     config = dlt_config(study)
     definition = dlt_definition(study)
     rule = BetaBinomialRule(
         **config["stopping_rule"], version=f"dlt-definition-{definition.number if definition else 'default'}"
     )
     cohorts = cohorts if cohorts is not None else cohort_escalation(study=study, today=today)
-    n = sum(c.counts.evaluable for c in cohorts)
-    x = sum(c.counts.dlts for c in cohorts)
-    provisional = sum(c.provisional_dlts for c in cohorts)
-    status, note = None, ""
-    if n == 0:
-        note = "No DLT-evaluable participant yet."
-    elif n > rule.max_n:
-        note = f"{n} evaluable participants exceed the rule's maximum of {rule.max_n}."
-    else:
-        status = monitoring_status(rule, x, n)
-    table = boundary_table(rule)
+    dosed = [c for c in cohorts if c.kind is not CohortKind.PLACEBO]
+    n = sum(c.counts.evaluable for c in dosed)
+    x = sum(c.counts.dlts for c in dosed)
+    provisional = sum(c.provisional_dlts for c in dosed)
+    placebo = sum(c.counts.evaluable for c in cohorts if c.kind is CohortKind.PLACEBO)
+    status = monitoring_status(rule, x, n)
+    note = "No DLT-evaluable participant yet: the probability shown is the prior's." if n == 0 else ""
+    table = boundary_table(rule, up_to=n)
     operating = [
         (rate, oc.p_stop, oc.expected_n) for rate in OC_RATES for oc in [operating_characteristics(rule, rate)]
     ]
-    return StoppingRuleView(rule, status, table, _merged_boundaries(table), operating, n, x, provisional, note)
+    return StoppingRuleView(
+        rule, status, table, _merged_boundaries(table, rule.max_n), operating, n, x, provisional, note, placebo
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,18 +491,18 @@ def safety_dashboard(*, user, study: Study, now: dt.datetime) -> Dashboard:
     aes = list(
         adverse_event_list(user=user, study=study)
         .filter(voided_at=None, treatment_emergent=True)
-        .values("grade", "participant_id", "participant__cohort__number", "participant__cohort__label", "category")
+        .values("grade", "participant_id", "participant__cohort_id", "category")
     )
+    # Cohorts in escalation order, each labelled once (a placebo cohort says so); "Not enrolled" last.
+    cohorts = {c.pk: c for c in study.cohorts.order_by("number")}
+    order = {cohort_label(c): index for index, c in enumerate(cohorts.values())}
     grades = [1, 2, 3, 4, 5]
     events: dict[str, list[int]] = defaultdict(lambda: [0] * 5)
     worst: dict[tuple[str, int], int] = {}
     aesi: dict[str, int] = defaultdict(int)
     for row in aes:
-        label = (
-            f"Cohort {row['participant__cohort__number']} ({row['participant__cohort__label']})"
-            if row["participant__cohort__number"] is not None
-            else "Not enrolled"
-        )
+        cohort = cohorts.get(row["participant__cohort_id"])
+        label = cohort_label(cohort) if cohort is not None else "Not enrolled"
         events[label][row["grade"] - 1] += 1
         key = (label, row["participant_id"])
         worst[key] = max(worst.get(key, 0), row["grade"])
@@ -445,8 +510,13 @@ def safety_dashboard(*, user, study: Study, now: dt.datetime) -> Dashboard:
     subjects: dict[str, list[int]] = defaultdict(lambda: [0] * 5)
     for (label, _), grade in worst.items():
         subjects[label][grade - 1] += 1
-    by_cohort = [(label, counts, sum(counts)) for label, counts in sorted(events.items())]
-    subjects_by_cohort = [(label, counts, sum(counts)) for label, counts in sorted(subjects.items())]
+
+    def in_order(table: dict[str, list[int]]) -> list[tuple[str, list[int], int]]:
+        labels = sorted(table, key=lambda label: order.get(label, len(order)))
+        return [(label, table[label], sum(table[label])) for label in labels]
+
+    by_cohort = in_order(events)
+    subjects_by_cohort = in_order(subjects)
 
     cases = list(sae_case_list(user=user, study=study).filter(voided_at=None))
     saes = [(case, report_rows(case.reports.all(), now=now)) for case in cases]

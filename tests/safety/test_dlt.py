@@ -8,6 +8,7 @@ import datetime as dt
 
 import pytest
 from django.core.exceptions import PermissionDenied
+from scipy.stats import beta
 
 from safety import selectors, services
 from safety.dlt import DEFAULT_DLT_CONFIG, DLTEvent, DLTState, evaluate_participant, validate_dlt_config
@@ -308,17 +309,20 @@ class TestStoppingRule:
     def test_the_boundary_table_reproduces_domain_3_8(self, study):
         view = selectors.stopping_rule_status(study=study, today=AFTER_WINDOW)
         assert view.boundary_rows == [
-            ("1", None),
-            ("2–3", 2),
-            ("4–6", 3),
-            ("7–9", 4),
-            ("10–13", 5),
-            ("14–17", 6),
-            ("18–21", 7),
-            ("22–24", 8),
+            ("1", None, False),
+            ("2–3", 2, False),
+            ("4–6", 3, False),
+            ("7–9", 4, False),
+            ("10–13", 5, False),
+            ("14–17", 6, False),
+            ("18–21", 7, False),
+            ("22–24", 8, False),
         ]
         assert [round(p_stop, 2) for _, p_stop, _ in view.operating] == [0.01, 0.04, 0.25, 0.62, 0.89, 0.98]
-        assert view.note == "No DLT-evaluable participant yet."
+        assert view.note == "No DLT-evaluable participant yet: the probability shown is the prior's."
+        # Even with nobody evaluable the monitor sees a probability (the prior's) and a status.
+        assert view.status.posterior_prob == pytest.approx(beta.sf(0.2, 0.4, 1.6))
+        assert view.status.stop is False
 
     def test_two_dlts_in_three_cross_the_boundary(self, study, cohort_one, coordinator_site_a, ctcae):
         _ae(coordinator_site_a, cohort_one[0], ctcae)
