@@ -110,7 +110,7 @@ def three_plus_three(
     ``below`` is the level d-1 (None only at the lowest level). ``above_exceeds_mtd`` says that d+1
     already exceeded the MTD, i.e. this level is being filled to 6 after a de-escalation.
 
-    Conventions beyond the DOMAIN text:
+    Conventions beyond docs/domain.md §3.7:
     - Two or more DLTs settle the outcome whatever the pending subjects do, so "MTD exceeded" is
       returned at once rather than WAIT (no further subject should be dosed at a toxic level).
     - Otherwise the decision waits until every treated subject is evaluable; evaluable counts short

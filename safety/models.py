@@ -6,8 +6,8 @@ Clinical records inherit ``VersionedModel`` (optimistic version, voiding instead
 edited in place, so they are not audited row by row. Invariants that PostgreSQL can hold are
 declared as constraints here as well as enforced (with field messages) in ``services.py``.
 
-Clinical dates of an AE are SDTM ``--DTC`` strings (``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``, DOMAIN
-§1.4); system events (awareness, receipt, submission) are UTC timestamps.
+Clinical dates of an AE are SDTM ``--DTC`` strings (``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``,
+docs/domain.md §1.4); system events (awareness, receipt, submission) are UTC timestamps.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 timelines and grading tables are data, not code).
 
 Each rule family holds one or more versions. A version is an immutable mapping with at least a
-``version`` key and a ``source`` citing the DOMAIN section it encodes. The engines in
-``grading``, ``ae_rules``, ``clocks`` and ``escalation`` take an optional ``rules`` mapping and
-default to the family's current version, so a study can pin the version that was in force when its
-protocol was approved and every evaluation can record which version produced it.
+``version`` key and a ``source`` citing the docs/domain.md section it encodes (for readers of the code;
+no page or message shows it). The engines in ``grading``, ``ae_rules``, ``clocks`` and
+``escalation`` take an optional ``rules`` mapping and default to the family's current version, so a
+study can pin the version that was in force when its protocol was approved and every evaluation can
+record which version produced it.
 
 Never edit a published version in place: add a new version and move ``current`` instead.
 """
