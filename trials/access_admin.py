@@ -141,7 +141,10 @@ class StudyMembershipAdmin(ServiceRefusalMixin, ScopedListFiltersMixin, AuditedA
     def has_change_permission(self, request, obj=None) -> bool:
         if not super().has_change_permission(request, obj):
             return False
-        return obj is None or memberships.can_manage_memberships(request.user, obj.study)
+        if obj is None:
+            return True
+        # One's own roles are shown read-only (the service refuses them anyway).
+        return obj.user_id != request.user.pk and memberships.can_manage_memberships(request.user, obj.study)
 
     def get_readonly_fields(self, request, obj=None):
         return ("user", "study") if obj is not None else ()
