@@ -34,6 +34,7 @@ from analytics.models import (
     RemissionDefinitionConfig,
 )
 from analytics.spec import ENDPOINT_LABELS, AnalysisSpec, spec_parse
+from trials.anchors import anchor_on_commit
 from trials.audit import audit_context
 from trials.errors import RuleViolation
 from trials.models import AuditSeal, Study
@@ -209,6 +210,7 @@ def datacut_create(*, actor, study: Study, cut_date: dt.date, label: str = "", c
         )
         cut_id = cut.pk
         transaction.on_commit(lambda: _enqueue_materialise(cut_id))
+        anchor_on_commit(reason=f"data cut #{cut_id} as of {cut_date:%Y-%m-%d}", study=study.code)
     return cut
 
 

@@ -16,7 +16,7 @@ class TrialsConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth import signals as auth_signals
 
-        from trials import access_log
+        from trials import access_log, checks  # noqa: F401 - checks registers the deployment checks
         from trials.dbroles import assume_app_role
 
         post_migrate.connect(_protect_database, sender=self, dispatch_uid="trials.protect_database")

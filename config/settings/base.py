@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from config.embedded_db import embedded_database
 from config.env import env_bool, env_database, env_int, env_list, env_str
 
@@ -80,14 +82,27 @@ TEMPLATES = [
 ]
 
 # --- Database: PostgreSQL only. DATABASE_URL, or the embedded pgserver for the zero-setup demo.
-DATABASES = {
-    "default": env_database("DATABASE_URL")
-    or embedded_database(Path(env_str("TOLERANCE_PGDATA", str(BASE_DIR / ".pgdata"))))
-}
-# The web app and workers run as a role that does not own the tables and cannot alter the audit
-# trail or delete clinical rows (trials/dbroles.py). Owner-only commands (migrate) drop it.
+# Two logins (trials/dbroles.py). The web app and workers log in as TOLERANCE_DB_APP_ROLE, a role
+# that does not own the tables and cannot write the audit trail or delete clinical rows: DATABASE_URL.
+# Owner-only commands (migrate, the demo reset, create_app_login) log in with DATABASE_OWNER_URL.
+# Without an owner URL the one login must be the owner's, and connections switch to the app role
+# with SET ROLE, which a RESET ROLE undoes: development only (check --deploy warns).
 TOLERANCE_DB_APP_ROLE = env_str("TOLERANCE_DB_APP_ROLE", "tolerance_app")
 TOLERANCE_DB_ASSUME_APP_ROLE = env_bool("TOLERANCE_DB_ASSUME_APP_ROLE", True)
+_database, _owner = env_database("DATABASE_URL"), env_database("DATABASE_OWNER_URL")
+if _database is None:
+    if _owner is not None:
+        raise ImproperlyConfigured("DATABASE_OWNER_URL is set but DATABASE_URL (the app's login) is not.")
+    _database, _owner = embedded_database(
+        Path(env_str("TOLERANCE_PGDATA", str(BASE_DIR / ".pgdata"))), app_role=TOLERANCE_DB_APP_ROLE
+    )
+elif _owner is not None and _owner["NAME"] != _database["NAME"]:
+    raise ImproperlyConfigured("DATABASE_OWNER_URL must name the same database as DATABASE_URL.")
+DATABASES = {"default": _database}
+# The owner's credentials and address; the database name is always DATABASE_URL's.
+TOLERANCE_DB_OWNER_LOGIN = (
+    {key: _owner[key] for key in ("USER", "PASSWORD", "HOST", "PORT", "OPTIONS") if key in _owner} if _owner else None
+)
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -214,6 +229,27 @@ CELERY_BEAT_SCHEDULE = {
 # --- Audit (django-pghistory): events carry the real wall-clock time, not the transaction start.
 PGHISTORY_CREATED_AT_FUNCTION = "clock_timestamp()"
 PGHISTORY_APPEND_ONLY = True
+
+# --- Audit anchors (trials/anchors.py): the hash chain's head, signed with an HMAC whose key never
+# enters the database, written as one never-overwritten file per anchor to a directory the database's
+# administrators cannot write: every TOLERANCE_AUDIT_ANCHOR_MINUTES (Celery beat) and at every data
+# cut. ``verify_audit --anchors DIR`` checks the chain against them. Unset: no anchors (development
+# and the demo); check --deploy warns. The key may come from a file: TOLERANCE_AUDIT_ANCHOR_KEY_FILE.
+_anchor_dir = env_str("TOLERANCE_AUDIT_ANCHOR_DIR", "")
+TOLERANCE_AUDIT_ANCHOR_DIR = Path(_anchor_dir) if _anchor_dir else None
+TOLERANCE_AUDIT_ANCHOR_KEY = env_str("TOLERANCE_AUDIT_ANCHOR_KEY", "")
+if bool(TOLERANCE_AUDIT_ANCHOR_DIR) != bool(TOLERANCE_AUDIT_ANCHOR_KEY):
+    raise ImproperlyConfigured("Set both TOLERANCE_AUDIT_ANCHOR_DIR and TOLERANCE_AUDIT_ANCHOR_KEY, or neither.")
+if TOLERANCE_AUDIT_ANCHOR_KEY and len(TOLERANCE_AUDIT_ANCHOR_KEY) < 32:
+    raise ImproperlyConfigured(
+        "TOLERANCE_AUDIT_ANCHOR_KEY must be at least 32 characters of random text (e.g. openssl rand -hex 32)."
+    )
+_anchor_minutes = env_int("TOLERANCE_AUDIT_ANCHOR_MINUTES", 60, minimum=1)
+CELERY_BEAT_SCHEDULE["trials-audit-anchor"] = {
+    "task": "trials.audit_anchor",
+    "schedule": datetime.timedelta(minutes=_anchor_minutes),
+    "options": {"expires": max(30, _anchor_minutes * 60 - 30)},  # a late run is superseded by the next
+}
 
 EMAIL_BACKEND = env_str("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "tolerance@localhost")

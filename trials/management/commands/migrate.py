@@ -6,6 +6,7 @@ from trials.dbroles import use_owner_role
 
 
 class Command(DjangoMigrate):
-    def handle(self, *args, **options):
+    def execute(self, *args, **options):
+        # Before the system checks, which connect too: the app's login may not exist yet.
         use_owner_role(options["database"])
-        return super().handle(*args, **options)
+        return super().execute(*args, **options)
