@@ -465,6 +465,8 @@ class Matrix:
             self.deviations.append(f"{self.persona} {action} {kind} [{target}] left no account record")
 
     def form_data(self, url) -> dict:
+        if self.persona in NON_STAFF:
+            return {}  # the admin sends them to its sign-in page whatever they post
         page = self.admin_client.get(url)
         return _form_data(page) if page.status_code == 200 else {}
 

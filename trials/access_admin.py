@@ -31,7 +31,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
@@ -289,6 +291,7 @@ class UserAdmin(ServiceRefusalMixin, NoDeleteMixin, DjangoUserAdmin):
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
 
+    @method_decorator(sensitive_post_parameters())
     def user_change_password(self, request, id, form_url=""):
         """Another user's password, through ``accounts.user_password_reset`` (its own permission)."""
         user = self.get_object(request, unquote(id))

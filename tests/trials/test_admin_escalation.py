@@ -17,13 +17,14 @@ from django.db import connection, transaction
 from django.db.utils import ProgrammingError
 from django.test import Client
 from django.urls import reverse
+from rest_framework.test import APIClient
 
 from tests.factories import admin_change, member
 from trials import accounts, memberships
 from trials.account_events import AccountEvent
 from trials.errors import RuleViolation
 from trials.management.demo_trial import DATA_MANAGER_PERMISSIONS, SPONSOR_ADMIN_PERMISSIONS
-from trials.models import DoseCohort, Role, Study, StudyMembership
+from trials.models import DoseCohort, Participant, Role, Study, StudyMembership
 from trials.selectors import is_unblinded, sites_for_entry
 
 User = get_user_model()
@@ -254,7 +255,17 @@ class TestSiteRoles:
         assert "You cannot grant, change or withdraw your own roles" in response.content.decode()
         assert membership_state() == before
         assert membership_events() == events
-        assert not sites_for_entry(User.objects.get(pk=dm.pk), study).exists()  # so no screening at S02
+        assert not sites_for_entry(User.objects.get(pk=dm.pk), study).exists()
+        api = APIClient()
+        api.force_authenticate(User.objects.get(pk=dm.pk))
+        screened = api.post(
+            "/api/v1/participants/",
+            {"study": study.code, "site": "S02", "sex": "F", "birth_year": 1980, "screening_date": "2025-01-06"},
+            format="json",
+        )
+        assert screened.status_code == 400
+        assert "You cannot screen participants at site" in str(screened.json())
+        assert not Participant.objects.exists()
 
     def test_nor_turn_their_own_role_into_a_coordinator_role(self, study, sites, dm):
         own = StudyMembership.objects.get(user=dm)
