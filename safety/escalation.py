@@ -355,8 +355,17 @@ def boundary_at(rule: BetaBinomialRule, n: int) -> int | None:
 def boundary_table(rule: BetaBinomialRule, *, up_to: int | None = None) -> dict[int, int | None]:
     """For each look n, the smallest number of events x that triggers a stop (None: no x <= n does);
     with ``up_to`` past the design's maximum, also every n from ``max_n + 1`` to ``up_to``."""
-    extra = range(rule.max_n + 1, up_to + 1) if up_to is not None else range(0)
-    return {n: boundary_at(rule, n) for n in (*rule.look_points, *extra)}
+    table = {n: boundary_at(rule, n) for n in rule.look_points}
+    previous = boundary_at(rule, rule.max_n)
+    for n in range(rule.max_n + 1, (up_to or 0) + 1):
+        # One more subject moves the boundary up by 0 or 1 (a subject without a DLT can only lower
+        # the posterior, one with a DLT only raise it), so at most two evaluations per n.
+        if previous is None:
+            previous = boundary_at(rule, n)
+        elif not stop_triggered(rule, previous, n):
+            previous += 1
+        table[n] = previous
+    return table
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from decimal import Decimal
 
 import pytest
 from django.urls import reverse
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import betainc
 from scipy.stats import beta
 
@@ -45,6 +47,22 @@ def test_the_extended_table_continues_the_designed_one():
     assert list(table) == list(range(1, 45))
     assert all(table[n] == _independent_boundary(n) for n in range(25, 45))
     assert table[24] <= table[25] <= table[44]
+
+
+@settings(database=None, derandomize=True, deadline=None, max_examples=40)
+@given(
+    prior_a=st.floats(min_value=0.1, max_value=5),
+    prior_b=st.floats(min_value=0.1, max_value=10),
+    theta0=st.floats(min_value=0.05, max_value=0.6),
+    cutoff=st.floats(min_value=0.5, max_value=0.99),
+    max_n=st.integers(min_value=1, max_value=30),
+)
+def test_the_extended_table_is_the_smallest_stopping_count_at_every_n(prior_a, prior_b, theta0, cutoff, max_n):
+    rule = BetaBinomialRule(prior_a=prior_a, prior_b=prior_b, theta0=theta0, cutoff=cutoff, max_n=max_n)
+    table = boundary_table(rule, up_to=max_n + 40)
+    for n in range(max_n + 1, max_n + 41):
+        expected = _independent_boundary(n, a=prior_a, b=prior_b, theta0=theta0, cutoff=cutoff)
+        assert table[n] == expected, n
 
 
 @pytest.mark.parametrize("x", [0, 2, 9, 13, 20])
