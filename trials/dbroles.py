@@ -30,7 +30,7 @@ from __future__ import annotations
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from psycopg import sql
 
 SEAL_LOCK_KEY = 7_200_001  # pg_advisory_xact_lock key serialising the hash chain
@@ -137,7 +137,8 @@ def apply_database_protection(using: str = "default") -> None:
     """Create the app role if needed, (re)grant its privileges, and install the seal triggers."""
     role = app_role()
     clinical, events = protected_tables()
-    with connections[using].cursor() as cursor:
+    # One transaction: the blanket GRANT below is never visible without the REVOKEs that follow it.
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
         _execute(cursor, "SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
         if cursor.fetchone() is None:
             _execute(cursor, sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
