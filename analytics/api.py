@@ -35,6 +35,8 @@ class DataCutOutput(serializers.Serializer):
     checksum = serializers.CharField()
     audit_chain_head = serializers.CharField()
     manifest = serializers.JSONField()
+    # Its per-assessment derivation task is waiting for an unreachable task queue (the relay sends it).
+    waiting_for_queue = serializers.BooleanField(default=False)
 
 
 class AnalysisJobOutput(serializers.Serializer):
@@ -51,7 +53,12 @@ class AnalysisJobOutput(serializers.Serializer):
     requested_by = serializers.CharField(source="requested_by.username")
     requested_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
+    heartbeat_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
+    # Queued, but the task queue was unreachable: the outbox relay starts it once the queue is back.
+    waiting_for_queue = serializers.BooleanField(default=False)
+    # Running, but its worker has stopped reporting (it is re-queued automatically).
+    stalled = serializers.BooleanField(source="is_stalled")
 
 
 class AnalysisDetailOutput(AnalysisJobOutput):
@@ -134,6 +141,7 @@ class DataCutViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
         cut = services.datacut_create(
             actor=request.user, study=study, cut_date=data["cut_date"], label=data["label"], channel="api"
         )
+        cut = selectors.data_cut_get(user=request.user, pk=cut.pk)  # with its outbox state
         return Response(DataCutOutput(cut).data, status=status.HTTP_201_CREATED)
 
 
@@ -158,6 +166,7 @@ class AnalysisViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
         except Http404:  # the same answer whether the cut exists elsewhere or not at all
             raise serializers.ValidationError({"data_cut": ["No such data cut."]}) from None
         job = services.analysis_request(actor=request.user, data_cut=cut, spec=data["spec"], channel="api")
+        job = selectors.job_get(user=request.user, pk=job.pk)  # with its outbox state
         done = job.status == AnalysisJob.Status.SUCCEEDED
         return Response(
             AnalysisDetailOutput(job, context={"request": request}).data,

@@ -2,13 +2,18 @@
 through ``analytics.survival`` (the one module that talks to lifelines).
 
 Kaplan–Meier per group (median and survival at 6/12/18/24 months, both CI transforms; the primary one
-is the spec's), log-rank across groups, Cox by dose (log10 planned cells/kg, ``batch_mode=True``),
+is the spec's), log-rank across groups, Cox by dose (log10 planned cells/kg, ``batch_mode=True``; a
+placebo cohort, 0 cells/kg, has no place on a log-dose scale and is left out of that model only),
 Aalen–Johansen cumulative incidence of relapse with death and retreatment competing (seeded),
-RMST to the horizon with SE and differences against the first group, the probability of being in
+RMST to τ with SE and differences against the first group (τ defaults to the largest time every
+group reaches; a longer τ asked for is kept and warned about), the probability of being in
 remission over time with the mean time in remission (multi-state Aalen–Johansen, bootstrap SE), the
 3- and 6-month landmark analyses by remission status, and the Turnbull NPMLE as the interval-censored
 sensitivity analysis. A secondary analysis that cannot be estimated on these data
 (one group, no events, no dose contrast) is recorded as such instead of failing the whole job.
+
+The numbers at risk under the plots are counted here, by R ``survfit``'s rule (followed to at least
+that day, time ≥ t), so the plot's row at day 0 is the N of the tables.
 
 Everything returned is plain JSON: non-finite numbers become ``None`` (PostgreSQL's jsonb refuses NaN).
 """
@@ -36,6 +41,8 @@ TURNBULL_TOLERANCE = 1e-6
 # Bootstrap resamples for the SE of the mean time in remission (seeded with the spec's seed).
 PIR_BOOTSTRAP = 200
 TIME_LABELS = {182.625: "6 months", 365.25: "12 months", 547.875: "18 months", 730.5: "24 months"}
+# Ticks of the plots' time axis (and of their numbers at risk): every three months.
+AXIS_TICKS_DAYS = (0, 91, 182, 274, 365, 456, 547, 639, 730)
 
 
 def jsonable(value: Any) -> Any:
@@ -70,6 +77,9 @@ def _secondary(name: str, fn: Callable[[], Any], notes: list[str]) -> Any:
 def _group_summary(part: pd.DataFrame) -> dict[str, Any]:
     return {
         "n": len(part),
+        # The last time anyone in the group was observed: estimates past it are not estimable.
+        "last_observation_days": float(part["duration"].max()) if len(part) else None,
+        "last_observation_cr_days": float(part["cr_duration"].max()) if len(part) else None,
         "events": int(part["event"].sum()),
         "censored": int((part["event"] == 0).sum()),
         "responders": int(part["responder"].sum()),
@@ -83,22 +93,81 @@ def _group_summary(part: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _at_risk(parts: dict[str, pd.DataFrame], column: str, days: list[float]) -> list[dict[str, Any]]:
+    """Per group, the number still followed at each day: ``column`` ≥ day (R ``survfit``'s n.risk)."""
+    return [
+        {"group": label, "counts": [int((part[column] >= day).sum()) for day in days]} for label, part in parts.items()
+    ]
+
+
+def rmst_horizon(parts: dict[str, pd.DataFrame], requested: float | None) -> tuple[float, float, list[str]]:
+    """(τ, the largest time every group reaches, warnings). Without a requested τ, τ is that largest
+    common time; a requested τ beyond it is kept (the user asked for it) with a warning per group whose
+    curve would be carried past its last observation."""
+    reached = {label: float(part["duration"].max()) for label, part in parts.items()}
+    common = min(reached.values())
+    if requested is None:
+        return common, common, []
+    warnings_ = [
+        f"τ = {requested:g} days is beyond the last observation of {label} (day {last:g}): its RMST assumes "
+        f"the curve stays flat after day {last:g}. The largest τ every group reaches is {common:g} days."
+        for label, last in reached.items()
+        if requested > last
+    ]
+    return float(requested), common, warnings_
+
+
+def _cox_by_dose(frame: pd.DataFrame, alpha: float, notes: list[str]) -> dict[str, Any]:
+    """Cox on log10(planned cells/kg) over the dosed participants. Placebo (0 cells/kg) has no
+    logarithm: it is compared with the active cohorts by the log-rank test and RMST, not here."""
+    doses = frame["dose_per_kg"]
+    if doses.isna().any():
+        return {"estimable": False, "reason": "a cohort has a total dose only, no planned dose per kg"}
+    placebo = int((doses == 0).sum())
+    dosed = frame[doses > 0]
+    left_out = (
+        f"{placebo} placebo participant{'s' if placebo != 1 else ''} (0 cells/kg) left out: a zero dose has no "
+        "place on the log-dose scale (compare placebo by cohort: log-rank and RMST)"
+        if placebo
+        else ""
+    )
+    if dosed["log10_dose"].nunique() < 2:
+        reason = "fewer than two active dose levels: no dose–response to estimate"
+        return {"estimable": False, "reason": f"{reason}; {left_out}" if left_out else reason}
+    if dosed["event"].sum() == 0:
+        return {"estimable": False, "reason": "no events among the dosed participants"}
+    result = _secondary(
+        "Cox",
+        lambda: survival.cox_ph(dosed, covariates=["log10_dose"], alpha=alpha, batch_mode=True),
+        notes,
+    )
+    if left_out and result.get("estimable") is not False:
+        result["placebo_left_out"] = placebo
+        result["notes"] = [*result.get("notes", []), left_out]
+    return result
+
+
 def analysis_numbers(
     frame: pd.DataFrame,
     *,
     ci_transform: str,
-    horizon_days: float,
+    horizon_days: float | None,
     alpha: float,
     seed: int,
+    axis_days: float = 730.0,
     on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """All numbers of one analysis of ``frame`` (columns of :data:`analytics.datacut.FRAME_COLUMNS`)."""
+    """All numbers of one analysis of ``frame`` (columns of :data:`analytics.datacut.FRAME_COLUMNS`).
+    ``horizon_days`` is the requested RMST τ (``None``: the largest time every group reaches);
+    ``axis_days`` the length of the plots' time axis (the study's follow-up)."""
     if frame.empty:
         raise ValueError("the data cut has no participant with a time-to-event row for this endpoint")
     stage = on_stage or (lambda _name: None)
     notes: list[str] = []
     labels = sorted(frame["group"].unique())
     parts = {label: frame[frame["group"] == label] for label in labels}
+    tau, common, tau_warnings = rmst_horizon(parts, horizon_days)
+    ticks = [float(t) for t in AXIS_TICKS_DAYS if t <= axis_days]
 
     stage("Kaplan-Meier")
     km = survival.kaplan_meier(frame, group_col="group", alpha=alpha, ci_transform=ci_transform)
@@ -109,19 +178,7 @@ def analysis_numbers(
         logrank = _secondary("log-rank", lambda: survival.log_rank(frame, group_col="group"), notes)
     else:
         logrank = {"estimable": False, "reason": "a single group: nothing to compare"}
-    doses = frame["log10_dose"]
-    if doses.isna().any():
-        cox = {"estimable": False, "reason": "a cohort has no planned dose per kg"}
-    elif doses.nunique() < 2:
-        cox = {"estimable": False, "reason": "all participants share one dose level"}
-    elif frame["event"].sum() == 0:
-        cox = {"estimable": False, "reason": "no events"}
-    else:
-        cox = _secondary(
-            "Cox",
-            lambda: survival.cox_ph(frame, covariates=["log10_dose"], alpha=alpha, batch_mode=True),
-            notes,
-        )
+    cox = _cox_by_dose(frame, alpha, notes)
 
     stage("cumulative incidence")
     cif = {
@@ -132,25 +189,37 @@ def analysis_numbers(
     }
 
     stage("restricted mean survival time")
-    rmst = survival.restricted_mean_survival_time(frame, horizon=horizon_days, group_col="group", alpha=alpha)
-    comparisons = []
-    if len(labels) > 2:
-        reference = labels[0]
-        for other in labels[1:]:
-            pair = frame[frame["group"].isin([reference, other])]
-            result = survival.restricted_mean_survival_time(
-                pair, horizon=horizon_days, group_col="group", reference_group=reference, alpha=alpha
-            )
-            comparisons.append(result["comparison"])
-    elif rmst["comparison"] is not None:
-        comparisons.append(rmst["comparison"])
+    tau_rule = "the largest time every group reaches (default)" if horizon_days is None else "requested in the analysis"
+    if tau <= 0:
+        rmst = {"estimable": False, "reason": "a group has no follow-up beyond day 0", "horizon": tau}
+        comparisons = []
+    else:
+        rmst = survival.restricted_mean_survival_time(frame, horizon=tau, group_col="group", alpha=alpha)
+        comparisons = []
+        if len(labels) > 2:
+            reference = labels[0]
+            for other in labels[1:]:
+                pair = frame[frame["group"].isin([reference, other])]
+                result = survival.restricted_mean_survival_time(
+                    pair, horizon=tau, group_col="group", reference_group=reference, alpha=alpha
+                )
+                comparisons.append(result["comparison"])
+        elif rmst["comparison"] is not None:
+            comparisons.append(rmst["comparison"])
+    rmst_numbers = {
+        **rmst,
+        "comparisons": comparisons,
+        "horizon_rule": tau_rule,
+        "largest_common_time": common,
+        "warnings": tau_warnings,
+    }
 
     stage("probability in remission and landmarks")
     if frame["paramcd"].iloc[0] == "TTREL":
         pir = _secondary(
             "probability in remission",
             lambda: survival.probability_in_remission(
-                frame, group_col="group", horizon=horizon_days, bootstrap=PIR_BOOTSTRAP, seed=seed, alpha=alpha
+                frame, group_col="group", horizon=tau, bootstrap=PIR_BOOTSTRAP, seed=seed, alpha=alpha
             ),
             notes,
         )
@@ -185,14 +254,21 @@ def analysis_numbers(
             "times": {str(t): TIME_LABELS.get(t, f"{t:g} days") for t in DEFAULT_TIMES},
             "ci_transform_primary": ci_transform,
             "alpha": alpha,
-            "horizon_days": horizon_days,
+            "horizon_days": tau,
+            "axis_days": axis_days,
             "summary": {label: _group_summary(part) for label, part in parts.items()},
             "kaplan_meier": km,
             "kaplan_meier_overall": km_overall,
             "log_rank": logrank,
             "cox_dose": cox,
             "cumulative_incidence": cif,
-            "rmst": {**rmst, "comparisons": comparisons},
+            "rmst": rmst_numbers,
+            "at_risk": {
+                "days": ticks,
+                "rule": "participants followed to at least that day (time ≥ t), as R survfit's n.risk",
+                "kaplan_meier": _at_risk(parts, "duration", ticks),
+                "cumulative_incidence": _at_risk(parts, "cr_duration", ticks),
+            },
             "turnbull": turnbull,
             "probability_in_remission": pir,
             "landmarks": landmarks,

@@ -949,6 +949,11 @@ _RULES: Mapping[str, _Rule] = MappingProxyType(
 REMISSION_RULES: tuple[str, ...] = tuple(_RULES)
 
 
+def rule_description(rule: str) -> str:
+    """The rule in words, e.g. "SDAI ≤ maximum" (its thresholds are the rule's parameters)."""
+    return _RULES[rule].description
+
+
 @dataclass(frozen=True)
 class RemissionDefinition:
     """A versioned remission definition, storable as JSON (``to_dict``/``from_dict``).

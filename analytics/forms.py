@@ -7,8 +7,8 @@ import json
 from django import forms
 
 from analytics.datacut import SUPPORTED_RULES
-from analytics.derivations import NonResponderPolicy, RemissionDefinition
-from analytics.spec import CI_TRANSFORMS, ENDPOINT_LABELS, GROUPINGS, MAX_DEBUG_SLEEP_SECONDS, debug_sleep_allowed
+from analytics.derivations import NonResponderPolicy, RemissionDefinition, rule_description
+from analytics.spec import CI_TRANSFORMS, ENDPOINT_LABELS, GROUPINGS, HORIZON_RANGE
 
 
 def rules_for(indication: str) -> list[str]:
@@ -58,7 +58,7 @@ class DefinitionForm(forms.Form):
 
     def __init__(self, *args, indication: str, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["rule"].choices = [(rule, rule) for rule in rules_for(indication)]
+        self.fields["rule"].choices = [(rule, rule_description(rule)) for rule in rules_for(indication)]
 
     def sap_options(self) -> dict:
         return {**self.cleaned_data["sap"], "non_responders": self.cleaned_data["non_responders"]}
@@ -74,22 +74,24 @@ class RequestForm(forms.Form):
     endpoint = forms.ChoiceField(choices=list(ENDPOINT_LABELS.items()))
     grouping = forms.ChoiceField()
     ci_transform = forms.ChoiceField(choices=list(CI_TRANSFORMS.items()), label="CI type")
-    horizon_days = forms.IntegerField(min_value=30, max_value=3650, initial=730, label="RMST horizon (days)")
+    horizon_days = forms.IntegerField(
+        min_value=HORIZON_RANGE[0],
+        max_value=HORIZON_RANGE[1],
+        required=False,
+        label="RMST horizon τ (days)",
+        help_text="Leave empty for the largest time every group reaches. A longer τ is flagged on the result.",
+    )
 
     def __init__(self, *args, cuts, sees_arm: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["data_cut"].choices = [(cut.pk, str(cut)) for cut in cuts]
-        if debug_sleep_allowed():  # test deployments only: hold the job to watch its progress
-            self.fields["debug_sleep_seconds"] = forms.IntegerField(
-                min_value=0, max_value=MAX_DEBUG_SLEEP_SECONDS, required=False, label="Test option: hold (seconds)"
-            )
         groupings = {k: v for k, v in GROUPINGS.items() if k != "arm" or sees_arm}
         self.fields["grouping"].choices = list(groupings.items())
         self.fields["grouping"].initial = "cohort"
 
     def spec(self) -> dict:
         data = self.cleaned_data
-        spec = {k: data[k] for k in ("endpoint", "grouping", "ci_transform", "horizon_days")}
-        if data.get("debug_sleep_seconds"):
-            spec["debug_sleep_seconds"] = data["debug_sleep_seconds"]
+        spec = {k: data[k] for k in ("endpoint", "grouping", "ci_transform")}
+        if data.get("horizon_days") is not None:
+            spec["horizon_days"] = data["horizon_days"]
         return spec

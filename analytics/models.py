@@ -10,15 +10,19 @@ What is audited and what is not:
 * ``AnalysisJob`` is operational state (status, progress, heartbeats) updated many times per run;
   ``AnalysisResult``, ``DataCutFrame`` and ``RemissionAssessment`` are derived, insert-once rows that
   can be recomputed from the cut. None of them is audited: the audit trail would copy megabytes of
-  plots and frames for no information.
+  plots and frames for no information. ``TaskOutbox`` rows are operational too: the Celery messages
+  still to publish (analytics/outbox.py).
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from trials.audit import audited
 
@@ -141,6 +145,20 @@ class AnalysisJob(models.Model):
     def is_active(self) -> bool:
         return self.status in (self.Status.QUEUED, self.Status.RUNNING)
 
+    @property
+    def silent_for(self) -> dt.timedelta | None:
+        """How long a running job has reported nothing (its last heartbeat); ``None`` unless running."""
+        if self.status != self.Status.RUNNING or self.heartbeat_at is None:
+            return None
+        return max(timezone.now() - self.heartbeat_at, dt.timedelta(0))
+
+    @property
+    def is_stalled(self) -> bool:
+        """A running job whose worker has missed two heartbeats: it has probably stopped (the page says
+        so; ``analytics.job_recovery`` re-queues it once it is silent for the stale bound)."""
+        silent = self.silent_for
+        return silent is not None and silent.total_seconds() > 2 * settings.TOLERANCE_JOB_HEARTBEAT_SECONDS
+
 
 class AnalysisResult(models.Model):
     """The stored outcome of a job: numbers (JSON), plots, and what is needed to trace them (the
@@ -216,3 +234,40 @@ class RemissionAssessment(models.Model):
 
     def __str__(self) -> str:
         return f"cut {self.data_cut_id} visit {self.visit_id}: {self.in_remission}"
+
+
+class TaskOutbox(models.Model):
+    """A Celery message to publish, written in the same transaction as the row whose work it starts
+    (docs/reliability.md #35). It is published after commit; while the broker is unreachable the row
+    stays unsent and the relay (Celery beat) publishes it once the broker is back. Each row names the
+    job or the data cut it is about, so pages can say "waiting for the task queue".
+    """
+
+    task = models.CharField(max_length=100, help_text="The registered Celery task name.")
+    args = models.JSONField(default=list, help_text="Positional arguments: ids only (docs/style.md §8).")
+    job = models.ForeignKey(AnalysisJob, null=True, blank=True, on_delete=models.PROTECT, related_name="outbox")
+    data_cut = models.ForeignKey(DataCut, null=True, blank=True, on_delete=models.PROTECT, related_name="outbox")
+    created_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+    # The Celery id of the published message, to trace a run back to its request.
+    message_id = models.CharField(max_length=64, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # The claim of the current attempt (compare-and-set): another sender leaves the row alone until the
+    # attempt has had time to finish or fail.
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(job__isnull=False) | Q(data_cut__isnull=False), name="task_outbox_names_its_subject"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["created_at"], condition=Q(sent_at__isnull=True), name="task_outbox_unsent"),
+        ]
+
+    def __str__(self) -> str:
+        state = f"sent {self.sent_at:%Y-%m-%d %H:%M:%S}" if self.sent_at else "unsent"
+        return f"{self.task}{tuple(self.args)} ({state})"

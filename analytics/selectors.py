@@ -11,14 +11,15 @@ left out of every list; they can request pooled or by-cohort analyses only.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, Min, OuterRef, Q, QuerySet
 from django.http import Http404
 
-from analytics.models import AnalysisJob, DataCut, RemissionAssessment, RemissionDefinitionConfig
-from trials.models import Role, Study
+from analytics.models import AnalysisJob, DataCut, RemissionAssessment, RemissionDefinitionConfig, TaskOutbox
+from trials.models import ConsentDocument, Participant, Role, Study
 from trials.selectors import _memberships, studies_visible_to
 
 ANALYTICS_ROLES = frozenset({Role.STATISTICIAN, Role.DATA_MANAGER, Role.MEDICAL_MONITOR})
@@ -92,9 +93,27 @@ def definition_current(*, study: Study) -> RemissionDefinitionConfig | None:
     return RemissionDefinitionConfig.objects.filter(study=study).order_by("-version").first()
 
 
+def study_start_date(*, study: Study) -> dt.date | None:
+    """When the study started: its first consent form version coming into effect, or its first
+    screening if that is earlier; ``None`` before either (the earliest date a data cut may have)."""
+    consent = ConsentDocument.objects.filter(study=study).aggregate(first=Min("effective_date"))["first"]
+    screening = Participant.objects.filter(study=study, voided_at=None).aggregate(first=Min("screening_date"))["first"]
+    dates = [d for d in (consent, screening) if d is not None]
+    return min(dates) if dates else None
+
+
+def _unsent(**subject) -> Exists:
+    return Exists(TaskOutbox.objects.filter(sent_at=None, **subject))
+
+
 def data_cut_list(*, user, study: Study | None = None) -> QuerySet[DataCut]:
+    """``waiting_for_queue``: the cut's derivation task could not be published yet (broker down)."""
     visible, _ = _analytics_study_ids(user)
-    cuts = DataCut.objects.filter(study_id__in=visible).select_related("study", "definition", "created_by")
+    cuts = (
+        DataCut.objects.filter(study_id__in=visible)
+        .select_related("study", "definition", "created_by")
+        .annotate(waiting_for_queue=_unsent(data_cut=OuterRef("pk")))
+    )
     return cuts.filter(study=study) if study is not None else cuts
 
 
@@ -106,9 +125,15 @@ def data_cut_get(*, user, pk: int) -> DataCut:
 
 
 def job_list(*, user, study: Study | None = None) -> QuerySet[AnalysisJob]:
+    """``waiting_for_queue``: the job's message could not be published yet (the broker is down; the
+    outbox relay sends it when it is back)."""
     visible, arm = _analytics_study_ids(user)
     scope = Q(data_cut__study_id__in=visible) & (~Q(spec__grouping="arm") | Q(data_cut__study_id__in=arm))
-    jobs = AnalysisJob.objects.filter(scope).select_related("data_cut__study", "requested_by")
+    jobs = (
+        AnalysisJob.objects.filter(scope)
+        .select_related("data_cut__study", "requested_by")
+        .annotate(waiting_for_queue=_unsent(job=OuterRef("pk")))
+    )
     return jobs.filter(data_cut__study=study) if study is not None else jobs
 
 
@@ -123,10 +148,13 @@ def job_get(*, user, pk: int) -> AnalysisJob:
 
 def timeline_participants(*, data_cut: DataCut) -> QuerySet:
     """The participants with derived assessments in ``data_cut``, by subject code (for paging)."""
-    from trials.models import Participant
-
     ids = RemissionAssessment.objects.filter(data_cut=data_cut).values("participant_id")
     return Participant.objects.filter(pk__in=ids).order_by("subject_code").values("pk", "subject_code")
+
+
+def cut_waiting_for_queue(*, data_cut: DataCut) -> bool:
+    """The cut's derivation task is still in the outbox (the broker was unreachable)."""
+    return TaskOutbox.objects.filter(data_cut=data_cut, sent_at=None).exists()
 
 
 def remission_timeline(*, data_cut: DataCut, participants: list[dict]) -> list[dict]:

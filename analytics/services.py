@@ -3,17 +3,19 @@
 * ``remission_definition_set`` — a new version of the study's remission definition and SAP options.
 * ``datacut_create`` — freeze the casebook as of a cut date: frames, checksums, audit chain head.
 * ``analysis_request`` — get or create the job for (cut, spec hash); a stored result is returned as
-  is; otherwise the task is enqueued after commit.
+  is; otherwise its message goes into the outbox (analytics/outbox.py) and is published after commit.
 * ``analysis_run`` — the body of the Celery task: claim the job by compare-and-set, compute, store
   the result exactly once (unique job → result), report progress on the job row as it goes.
 * ``analysis_fail`` — record a failure and its message (also called when retries run out).
+
+Jobs whose worker died are re-queued by analytics/job_recovery.py; messages the broker could not take
+are published later by the outbox relay.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +27,7 @@ from django.utils import timezone
 
 from analytics import compute, datacut, plots, selectors
 from analytics.derivations import REMISSION_RULES, RemissionDefinition
+from analytics.job_recovery import Heartbeat, stale_bound
 from analytics.models import (
     AnalysisJob,
     AnalysisResult,
@@ -33,6 +36,7 @@ from analytics.models import (
     RemissionAssessment,
     RemissionDefinitionConfig,
 )
+from analytics.outbox import outbox_add
 from analytics.spec import ENDPOINT_LABELS, AnalysisSpec, spec_parse
 from trials.anchors import anchor_on_commit
 from trials.audit import audit_context
@@ -43,9 +47,12 @@ logger = logging.getLogger(__name__)
 
 # Errors worth retrying: the database or the network went away for a moment.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, OSError)
-# A queued job whose message was never picked up, or a running job whose worker stopped reporting,
-# may be enqueued again after this long (the compare-and-set claim keeps a second run harmless).
-STALE_AFTER = dt.timedelta(minutes=10)
+# A queued job whose message was never picked up may be enqueued again when it is asked for after
+# this long (the compare-and-set claim keeps a second message harmless). A running job whose worker
+# stopped reporting is re-queued by beat after TOLERANCE_JOB_STALE_SECONDS (analytics/job_recovery.py).
+QUEUED_TOO_LONG = dt.timedelta(minutes=10)
+RUN_TASK = "analytics.run_analysis"
+MATERIALISE_TASK = "analytics.materialise_remission_assessments"
 # pg_advisory_xact_lock(namespace, data cut id) around storing a cut's per-assessment derivations.
 _DERIVATIONS_LOCK_NAMESPACE = 7_200_005
 
@@ -150,8 +157,23 @@ def datacut_create(*, actor, study: Study, cut_date: dt.date, label: str = "", c
     _require(access.can_cut, "Your role cannot make data cuts.")
     if not isinstance(cut_date, dt.date) or isinstance(cut_date, dt.datetime):
         raise RuleViolation({"cut_date": "The cut date must be a date."})
-    if cut_date > clinical_today():
-        raise RuleViolation({"cut_date": f"The cut date {cut_date:%Y-%m-%d} is in the future."})
+    today = clinical_today()
+    if cut_date > today:
+        raise RuleViolation(
+            {
+                "cut_date": f"The cut date {cut_date.isoformat()} is in the future: the latest is today, {today.isoformat()}."
+            }
+        )
+    started = selectors.study_start_date(study=study)
+    if started is None:
+        raise RuleViolation({"cut_date": "The study has not started (no consent form version, nobody screened)."})
+    if cut_date < started:
+        raise RuleViolation(
+            {
+                "cut_date": f"The cut date {cut_date.isoformat()} is before the study started "
+                f"({started.isoformat()}): choose a date from {started.isoformat()} to {today.isoformat()}."
+            }
+        )
     # Inside a test's wrapping transaction the snapshot is that transaction's; everywhere else this
     # block opens the transaction, and SET TRANSACTION must be its first statement.
     fresh = not connection.in_atomic_block
@@ -209,15 +231,9 @@ def datacut_create(*, actor, study: Study, cut_date: dt.date, label: str = "", c
             for f in frames.values()
         )
         cut_id = cut.pk
-        transaction.on_commit(lambda: _enqueue_materialise(cut_id))
+        outbox_add(task=MATERIALISE_TASK, args=[cut_id], data_cut_id=cut_id)
         anchor_on_commit(reason=f"data cut #{cut_id} as of {cut_date:%Y-%m-%d}", study=study.code)
     return cut
-
-
-def _enqueue_materialise(cut_id: int) -> None:
-    from analytics.tasks import materialise_remission_assessments_task
-
-    materialise_remission_assessments_task.delay(cut_id)
 
 
 def datacut_frames(cut: DataCut) -> dict[str, datacut.Frame]:
@@ -239,12 +255,6 @@ def datacut_frames(cut: DataCut) -> dict[str, datacut.Frame]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _enqueue(job_id: int) -> None:
-    from analytics.tasks import run_analysis_task
-
-    run_analysis_task.delay(job_id)
-
-
 def analysis_spec_for(*, actor, data_cut: DataCut, spec: Mapping[str, Any]) -> AnalysisSpec:
     """Validate ``spec`` for ``actor``: arm grouping only for an unblinded role in a blinded study."""
     access = selectors.analytics_access(user=actor, study=data_cut.study)
@@ -262,7 +272,8 @@ def analysis_spec_for(*, actor, data_cut: DataCut, spec: Mapping[str, Any]) -> A
 def analysis_request(*, actor, data_cut: DataCut, spec: Mapping[str, Any], channel: str = "web") -> AnalysisJob:
     """The job for (data cut, spec). Idempotent: the same request returns the same job, and a job
     that has run returns its stored result without running again. A new job (or a failed one asked
-    for again) is enqueued once the transaction commits, so the worker always finds the row."""
+    for again) gets an outbox message in the same transaction, published once it commits, so the
+    worker always finds the row; a broker that is down delays the run, never the answer."""
     parsed = analysis_spec_for(actor=actor, data_cut=data_cut, spec=spec)
     now = timezone.now()
     job, created = AnalysisJob.objects.get_or_create(
@@ -276,17 +287,14 @@ def analysis_request(*, actor, data_cut: DataCut, spec: Mapping[str, Any], chann
             return job
         if job.status == AnalysisJob.Status.FAILED:
             job.status, job.error, job.progress, job.stage = AnalysisJob.Status.QUEUED, "", 0, ""
-        elif (
-            job.status == AnalysisJob.Status.QUEUED
-            and job.queued_at > now - STALE_AFTER
-            or job.status == AnalysisJob.Status.RUNNING
-            and (job.heartbeat_at or now) > now - STALE_AFTER
-        ):
-            return job
+        elif job.status == AnalysisJob.Status.RUNNING:
+            return job  # a silent worker is beat's business (analytics/job_recovery.py)
+        elif job.queued_at > now - QUEUED_TOO_LONG or job.outbox.filter(sent_at=None).exists():
+            return job  # queued recently, or still waiting for the broker (the relay will send it)
         job.queued_at = now
         job.save(update_fields=["status", "error", "progress", "stage", "queued_at"])
     logger.info("analysis %s queued (cut %s, via %s)", job.pk, data_cut.pk, channel)
-    transaction.on_commit(lambda: _enqueue(job.pk))
+    outbox_add(task=RUN_TASK, args=[job.pk], job_id=job.pk)
     return job
 
 
@@ -302,7 +310,7 @@ def _claim(job_id: int, task_id: str) -> bool:
     claimable = (
         Q(status=AnalysisJob.Status.QUEUED)
         | Q(status=AnalysisJob.Status.RUNNING, task_id=task_id)
-        | Q(status=AnalysisJob.Status.RUNNING, heartbeat_at__lt=now - STALE_AFTER)
+        | Q(status=AnalysisJob.Status.RUNNING, heartbeat_at__lt=stale_bound(now))
     )
     changed = (
         AnalysisJob.objects.filter(claimable, pk=job_id)
@@ -346,7 +354,8 @@ def analysis_run(*, job_id: int, task_id: str) -> str:
     progress = _Progress(job_id, task_id)
     try:
         job = AnalysisJob.objects.select_related("data_cut__study", "data_cut__definition").get(pk=job_id)
-        outcome = analysis_compute(job=job, progress=progress)
+        with Heartbeat(job_id=job_id, task_id=task_id):
+            outcome = analysis_compute(job=job, progress=progress)
         _store(job, outcome)
     except ClaimLost:
         logger.warning("analysis %s: claim lost, run %s stopped", job_id, task_id)
@@ -435,8 +444,6 @@ def analysis_compute(*, job: AnalysisJob, progress=None) -> dict[str, Any]:
     cut = job.data_cut
     report(5, "loading the data cut")
     frames = datacut_frames(cut)
-    if spec.debug_sleep_seconds:
-        _debug_sleep(spec.debug_sleep_seconds, report)
     report(10, "deriving remission per assessment")
     derived = datacut.derive(frames, **_derive_kwargs(cut, endpoint=spec.endpoint))
     report(40, "building the analysis frame")
@@ -456,7 +463,8 @@ def analysis_compute(*, job: AnalysisJob, progress=None) -> dict[str, Any]:
         numbers = compute.analysis_numbers(
             frame,
             ci_transform=spec.ci_transform,
-            horizon_days=float(spec.horizon_days),
+            horizon_days=None if spec.horizon_days is None else float(spec.horizon_days),
+            axis_days=float(cut.manifest.get("follow_up_days", cut.study.follow_up_days)),
             alpha=spec.alpha,
             seed=spec.seed,
             on_stage=on_stage,
@@ -481,13 +489,10 @@ def analysis_compute(*, job: AnalysisJob, progress=None) -> dict[str, Any]:
     }
     report(90, "drawing the curves")
     title = f"{cut.study.code.upper()}: {ENDPOINT_LABELS[spec.endpoint]} (cut {cut.cut_date:%Y-%m-%d})"
-    km_svg, km_png = plots.km_plot(frame, title=title, horizon=float(spec.horizon_days))
-    cif_svg, cif_png = plots.cif_plot(
-        frame, numbers, title=f"{cut.study.code.upper()}: cumulative incidence of relapse", horizon=spec.horizon_days
-    )
-    pir_svg, pir_png = plots.pir_plot(
-        numbers, title=f"{cut.study.code.upper()}: probability of being in remission", horizon=spec.horizon_days
-    )
+    code = cut.study.code.upper()
+    km_svg, km_png = plots.km_plot(frame, numbers, title=title)
+    cif_svg, cif_png = plots.cif_plot(frame, numbers, title=f"{code}: cumulative incidence of relapse")
+    pir_svg, pir_png = plots.pir_plot(numbers, title=f"{code}: probability of being in remission")
     return {
         "input_checksum": input_checksum,
         "data_cut_checksum": cut.checksum,
@@ -501,14 +506,6 @@ def analysis_compute(*, job: AnalysisJob, progress=None) -> dict[str, Any]:
         "pir_png": pir_png,
         "compute_seconds": time.perf_counter() - started,
     }
-
-
-def _debug_sleep(seconds: float, report) -> None:
-    """A deliberately slow stage for the worker-crash tests (spec option, test deployments only)."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        report(6, f"waiting ({math.ceil(left)} s, test option)")
-        time.sleep(min(1.0, left))
 
 
 def _store(job: AnalysisJob, outcome: Mapping[str, Any]) -> None:

@@ -4,6 +4,10 @@ for the same analysis hash the same (every default filled in, keys sorted, numbe
 A job is keyed on (data cut, :attr:`AnalysisSpec.hash`), so the hash must not depend on how the
 request was spelled: ``{"grouping": "cohort"}`` and ``{"grouping": "cohort", "ci_transform": "log"}``
 are the same analysis.
+
+``horizon_days`` is the RMST horizon τ. Left out (``None``), the analysis takes the largest time every
+group reaches (analytics/compute.py), so no group's RMST rests on a curve carried past its last
+observation; a τ given explicitly is used as given and flagged when it lies beyond the data.
 """
 
 from __future__ import annotations
@@ -14,21 +18,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from django.conf import settings
-
 from analytics.datacut import ENDPOINTS
 from trials.errors import RuleViolation
 
 GROUPINGS = {"pooled": "Pooled (all participants)", "cohort": "By dose cohort", "arm": "By randomized arm"}
 CI_TRANSFORMS = {"log": "log (R survfit default)", "log-log": "log-log (lifelines default)"}
 ENDPOINT_LABELS = {"time_to_relapse": "Time to relapse (ITT)", "duration_of_remission": "Duration of remission"}
-MAX_DEBUG_SLEEP_SECONDS = 60
-
-
-def debug_sleep_allowed() -> bool:
-    """``debug_sleep_seconds`` (a slow job for the worker-crash and progress tests) is honoured only
-    where the setting ``TOLERANCE_ANALYTICS_DEBUG_SLEEP`` is true (test deployments)."""
-    return bool(settings.TOLERANCE_ANALYTICS_DEBUG_SLEEP)
+HORIZON_RANGE = (30, 3650)
 
 
 @dataclass(frozen=True)
@@ -36,16 +32,12 @@ class AnalysisSpec:
     endpoint: str = "time_to_relapse"
     grouping: str = "cohort"
     ci_transform: str = "log"
-    horizon_days: int = 730
+    horizon_days: int | None = None
     alpha: float = 0.05
     seed: int = 20240101
-    debug_sleep_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if not self.debug_sleep_seconds:
-            data.pop("debug_sleep_seconds")
-        return data
+        return asdict(self)
 
     @property
     def hash(self) -> str:
@@ -78,18 +70,14 @@ def spec_parse(data: Mapping[str, Any]) -> AnalysisSpec:
     ci_transform = data.get("ci_transform", "log")
     if ci_transform not in CI_TRANSFORMS:
         errors["ci_transform"] = f"Choose one of {', '.join(CI_TRANSFORMS)}."
-    horizon = _int(data, "horizon_days", 730, 30, 3650, errors)
+    horizon = data.get("horizon_days")
+    if horizon is not None:
+        horizon = _int(data, "horizon_days", HORIZON_RANGE[0], *HORIZON_RANGE, errors)
     seed = _int(data, "seed", 20240101, 0, 2**31 - 1, errors)
     alpha = data.get("alpha", 0.05)
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.001 <= alpha <= 0.2:
         errors["alpha"] = "Must be a number from 0.001 to 0.2."
         alpha = 0.05
-    sleep = data.get("debug_sleep_seconds", 0)
-    if sleep:
-        if not debug_sleep_allowed():
-            errors["debug_sleep_seconds"] = "Only available in test deployments."
-        elif isinstance(sleep, bool) or not isinstance(sleep, int | float) or not 0 < sleep <= MAX_DEBUG_SLEEP_SECONDS:
-            errors["debug_sleep_seconds"] = f"Must be a number of seconds up to {MAX_DEBUG_SLEEP_SECONDS}."
     if errors:
         raise RuleViolation(errors)
     return AnalysisSpec(
@@ -99,5 +87,4 @@ def spec_parse(data: Mapping[str, Any]) -> AnalysisSpec:
         horizon_days=horizon,
         alpha=float(alpha),
         seed=seed,
-        debug_sleep_seconds=float(sleep or 0),
     )

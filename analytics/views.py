@@ -17,19 +17,12 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from analytics import forms, selectors, services
-from analytics.compute import TIME_LABELS
+from analytics import forms, presentation, selectors, services
 from analytics.models import AnalysisJob
 from analytics.selectors import AnalyticsAccess
-from analytics.spec import CI_TRANSFORMS, ENDPOINT_LABELS, GROUPINGS
 
 TIMELINE_PAGE = 50
-
-
-def _svg(markup: str) -> str:
-    """Matplotlib's SVG without its XML prolog, for inline use in HTML."""
-    start = markup.find("<svg")
-    return markup[start:] if start >= 0 else ""
+QUEUE_DOWN = "the task queue is unreachable just now, so it will start as soon as the queue is back."
 
 
 def _attach(form, exc: ValidationError) -> None:
@@ -56,15 +49,17 @@ def _page(request: HttpRequest, access: AnalyticsAccess, *, status: int = 200, *
     cuts = list(selectors.data_cut_list(user=request.user, study=study)[:50])
     jobs = list(selectors.job_list(user=request.user, study=study).select_related("result")[:50])
     latest = next((job for job in jobs if job.status == AnalysisJob.Status.SUCCEEDED), None)
+    definition = selectors.definition_current(study=study)
     context = {
         "study": study,
         "access": access,
-        "definition": selectors.definition_current(study=study),
+        "definition": definition,
+        "definition_view": presentation.definition_view(definition, study.indication) if definition else None,
         "cuts": cuts,
-        "jobs": jobs,
+        "job_rows": [presentation.job_row(job) for job in jobs],
         "polling": any(job.is_active for job in jobs),
         "latest": latest,
-        "latest_view": _result_view(latest) if latest else None,
+        "latest_view": presentation.result_view(latest) if latest else None,
         **_forms(access, cuts),
         **overrides,
     }
@@ -125,7 +120,14 @@ def cut_create(request, study_code: str):
         except ValidationError as exc:
             _attach(form, exc)
         else:
-            messages.success(request, f"Data cut #{cut.pk} as of {cut.cut_date:%Y-%m-%d} frozen.")
+            if selectors.cut_waiting_for_queue(data_cut=cut):
+                messages.warning(
+                    request,
+                    f"Data cut #{cut.pk} as of {cut.cut_date:%Y-%m-%d} frozen. Its per-assessment "
+                    f"derivations are queued; {QUEUE_DOWN}",
+                )
+            else:
+                messages.success(request, f"Data cut #{cut.pk} as of {cut.cut_date:%Y-%m-%d} frozen.")
             return redirect("analytics:durability", study_code=study_code)
     return _page(request, access, status=400, cut_form=form, open_form="cut")
 
@@ -148,7 +150,11 @@ def analysis_request(request, study_code: str):
             if job.status == AnalysisJob.Status.SUCCEEDED:
                 messages.info(request, "This analysis of this cut has already run: here is its stored result.")
                 return redirect("analytics:job_detail", pk=job.pk)
-            messages.success(request, f"Analysis #{job.pk} queued.")
+            job = selectors.job_get(user=request.user, pk=job.pk)
+            if job.waiting_for_queue:
+                messages.warning(request, f"Analysis #{job.pk} queued; {QUEUE_DOWN}")
+            else:
+                messages.success(request, f"Analysis #{job.pk} queued.")
             return redirect("analytics:durability", study_code=study_code)
     return _page(request, access, status=400, request_form=form, open_form="request")
 
@@ -156,10 +162,17 @@ def analysis_request(request, study_code: str):
 @login_required
 @require_GET
 def job_list(request, study_code: str):
-    """The job table alone, for htmx polling; it stops polling itself once nothing is running."""
+    """The job table alone, for htmx polling; it stops polling itself once nothing is running.
+    Opened directly (a bookmark, a new tab), it is the whole durability page, not a bare fragment."""
     access = selectors.study_for_analytics(user=request.user, code=study_code)
+    if not request.htmx:
+        return _page(request, access)
     jobs = list(selectors.job_list(user=request.user, study=access.study)[:50])
-    context = {"study": access.study, "jobs": jobs, "polling": any(job.is_active for job in jobs)}
+    context = {
+        "study": access.study,
+        "job_rows": [presentation.job_row(job) for job in jobs],
+        "polling": any(job.is_active for job in jobs),
+    }
     response = render(request, "analytics/partials/job_list.html", context)
     if request.htmx and not context["polling"]:
         # The last poll: a job has just finished, so reload the page to show its result.
@@ -170,26 +183,43 @@ def job_list(request, study_code: str):
 @login_required
 @require_GET
 def job_detail(request, pk: int):
-    job = selectors.job_get(user=request.user, pk=pk)
+    return _job_page(request, selectors.job_get(user=request.user, pk=pk))
+
+
+def _job_page(request: HttpRequest, job: AnalysisJob) -> HttpResponse:
     access = selectors.analytics_access(user=request.user, study=job.data_cut.study)
     if not access.can_view:  # pragma: no cover - job_get already limits to analytics roles
         raise PermissionDenied
-    context: dict[str, Any] = {"study": job.data_cut.study, "job": job, "view": None}
+    context: dict[str, Any] = {
+        "study": job.data_cut.study,
+        "job": job,
+        "job_warning": presentation.job_warning(job),
+        "view": None,
+    }
     if job.status == AnalysisJob.Status.SUCCEEDED:
-        context["view"] = _result_view(job)
+        context["view"] = presentation.result_view(job)
         participants = selectors.timeline_participants(data_cut=job.data_cut)
         page = Paginator(participants, TIMELINE_PAGE).get_page(request.GET.get("page"))
         timeline = selectors.remission_timeline(data_cut=job.data_cut, participants=list(page))
-        context.update(timeline=page, timeline_rows=[_timeline_row(p) for p in timeline])
+        context.update(
+            timeline=page,
+            timeline_rows=[presentation.timeline_row(p) for p in timeline],
+            cut_waiting_for_queue=selectors.cut_waiting_for_queue(data_cut=job.data_cut),
+        )
     return render(request, "analytics/job_detail.html", context)
 
 
 @login_required
 @require_GET
 def job_status(request, pk: int):
-    """The status box of one job, polled by htmx; a finished job reloads its page."""
+    """The status box of one job, polled by htmx; a finished job reloads its page. Opened directly,
+    it is the job's whole page."""
     job = selectors.job_get(user=request.user, pk=pk)
-    response = render(request, "analytics/partials/job_status.html", {"job": job})
+    if not request.htmx:
+        return _job_page(request, job)
+    response = render(
+        request, "analytics/partials/job_status.html", {"job": job, "job_warning": presentation.job_warning(job)}
+    )
     if not job.is_active:
         response["HX-Refresh"] = "true"
     return response
@@ -207,123 +237,3 @@ def plot_png(request, pk: int, name: str):
     response = HttpResponse(data, content_type="image/png")
     response["Content-Disposition"] = f'inline; filename="analysis-{job.pk}-{name}.png"'
     return response
-
-
-def _timeline_row(participant: dict) -> dict:
-    """One participant's assessments in date order, each a chip: in remission, not, or not evaluable."""
-    cells = []
-    for a in participant["assessments"]:
-        css = "na" if not a["adequate"] else ("in" if a["in_remission"] else "out")
-        title = f"{a['visit_date']:%Y-%m-%d}" + (f": {a['note']}" if a["note"] else "")
-        cells.append({"css": css, "day": a["study_day"], "title": title})
-    return {"subject_code": participant["subject_code"], "cells": cells}
-
-
-# ---------------------------------------------------------------------------------------------
-# Presenting a result's numbers as table rows
-# ---------------------------------------------------------------------------------------------
-
-
-def _ci(interval: dict | None, digits: int = 3) -> str:
-    if not interval or interval.get("lower") is None or interval.get("upper") is None:
-        return "NE"
-    return f"{interval['lower']:.{digits}f} – {interval['upper']:.{digits}f}"
-
-
-def _num(value, digits: int = 3) -> str:
-    return "NE" if value is None else f"{value:.{digits}f}"
-
-
-def _days(value) -> str:
-    return "not reached" if value is None else f"{value:g}"
-
-
-def _result_view(job: AnalysisJob) -> dict[str, Any]:
-    result = job.result
-    numbers = result.numbers
-    primary = numbers["ci_transform_primary"]
-    other = "log-log" if primary == "log" else "log"
-    key = {"log": "ci_log", "log-log": "ci_log_log"}
-    km_rows = []
-    for group in numbers["kaplan_meier"]["groups"]:
-        median = group["median"]
-        km_rows.append(
-            {
-                "group": group["group"],
-                "n": group["n"],
-                "events": group["events"],
-                "median": _days(median["median"]),
-                "median_ci": " – ".join(_days(median[key[primary]][side]) for side in ("lower", "upper")),
-                "median_ci_other": " – ".join(_days(median[key[other]][side]) for side in ("lower", "upper")),
-                "at": [
-                    {
-                        "label": TIME_LABELS.get(at["time"], f"{at['time']:g} d"),
-                        "survival": _num(at["survival"]),
-                        "ci": _ci(at[key[primary]]),
-                        "ci_other": _ci(at[key[other]]),
-                        "n_risk": at["n_risk"],
-                    }
-                    for at in group["survival_at"]
-                ],
-            }
-        )
-    cif_rows = []
-    # jsonb does not keep key order: groups are shown in label order.
-    for label, cif in sorted(numbers["cumulative_incidence"].items()):
-        if cif.get("estimable") is False:
-            cif_rows.append({"group": label, "reason": cif["reason"]})
-            continue
-        cif_rows.append(
-            {
-                "group": label,
-                "at": [
-                    {
-                        "label": TIME_LABELS.get(at["time"], f"{at['time']:g} d"),
-                        "cif": _num(at["cif"]),
-                        "ci": _ci(at["ci"]),
-                        "naive": _num(at["naive_one_minus_km"]),
-                    }
-                    for at in cif["at_times"]
-                ],
-            }
-        )
-    turnbull_rows = []
-    for label, fit in sorted(numbers["turnbull"].items()):
-        if fit.get("estimable") is False:
-            turnbull_rows.append({"group": label, "reason": fit["reason"]})
-            continue
-        turnbull_rows.append(
-            {
-                "group": label,
-                "median": f"{_days(fit['median']['lower'])} – {_days(fit['median']['upper'])}",
-                "at": [
-                    {
-                        "label": TIME_LABELS.get(at["time"], f"{at['time']:g} d"),
-                        "range": f"{at['survival_lower']:.3f} – {at['survival_upper']:.3f}",
-                    }
-                    for at in fit["survival_at"]
-                ],
-            }
-        )
-    return {
-        "job": job,
-        "result": result,
-        "numbers": numbers,
-        "spec": {
-            "endpoint": ENDPOINT_LABELS.get(job.spec.get("endpoint"), job.spec.get("endpoint")),
-            "grouping": GROUPINGS.get(job.spec.get("grouping"), job.spec.get("grouping")),
-            "ci_transform": CI_TRANSFORMS.get(primary, primary),
-            "other_ci": other,
-        },
-        "km_svg": _svg(result.km_svg),
-        "cif_svg": _svg(result.cif_svg),
-        "pir_svg": _svg(result.pir_svg) if result.pir_svg else "",
-        "pir_groups": (numbers.get("probability_in_remission") or {}).get("groups") or [],
-        "pir_reason": (numbers.get("probability_in_remission") or {}).get("reason", ""),
-        "landmarks": numbers.get("landmarks") or [],
-        "km_rows": km_rows,
-        "cif_rows": cif_rows,
-        "turnbull_rows": turnbull_rows,
-        "summary": sorted(numbers["summary"].items()),
-        "times": [TIME_LABELS.get(t["time"], "") for t in numbers["kaplan_meier"]["groups"][0]["survival_at"]],
-    }

@@ -490,7 +490,15 @@ def run_job(info: dict, frame_path: str) -> dict:
     # The cut's per-assessment table is stored by its own task, on another worker in production: here
     # it is not run inline but in a phase (a process) of its own, timed apart ("materialise").
     materialised = {}
-    services._enqueue_materialise = lambda cut_id: materialised.setdefault("cut_id", cut_id)
+    original_outbox_add = services.outbox_add
+
+    def outbox_add(*, task, args, **subject):
+        if task == services.MATERIALISE_TASK:  # kept for its own phase, not run inline here
+            materialised.setdefault("cut_id", args[0])
+            return None
+        return original_outbox_add(task=task, args=args, **subject)
+
+    services.outbox_add = outbox_add
     captured = {}
     original_checksum = datacut.frame_checksum
 

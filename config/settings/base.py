@@ -210,12 +210,21 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # visibility timeout, which must exceed the longest task (the hard time limit above).
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 45 * 60, minimum=CELERY_TASK_TIME_LIMIT + 60)
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 45 * 60, minimum=CELERY_TASK_TIME_LIMIT + 60),
+    # A broker that is down must not hold a web request: connecting gives up after a second, and
+    # the message waits in the outbox for the relay (analytics/outbox.py, docs/reliability.md #34-35).
+    "socket_connect_timeout": 1,
 }
-# Test deployments only: lets an analysis request hold its job for a few seconds (worker-crash and
-# progress-bar tests). Never set in production.
-TOLERANCE_ANALYTICS_DEBUG_SLEEP = env_bool("TOLERANCE_ANALYTICS_DEBUG_SLEEP", False)
+CELERY_BROKER_CONNECTION_TIMEOUT = 1
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A running analysis touches its heartbeat at least this often; one silent for the stale bound is
+# re-queued by beat (analytics/job_recovery.py). The bound must leave room for missed beats.
+TOLERANCE_JOB_HEARTBEAT_SECONDS = env_int("TOLERANCE_JOB_HEARTBEAT_SECONDS", 30, minimum=1)
+TOLERANCE_JOB_STALE_SECONDS = env_int("TOLERANCE_JOB_STALE_SECONDS", 180, minimum=3 * TOLERANCE_JOB_HEARTBEAT_SECONDS)
+# How often beat looks for silent analyses, and publishes the outbox's unsent messages.
+TOLERANCE_STALE_CHECK_SECONDS = env_int("TOLERANCE_STALE_CHECK_SECONDS", 60, minimum=1)
+TOLERANCE_OUTBOX_RELAY_SECONDS = env_int("TOLERANCE_OUTBOX_RELAY_SECONDS", 15, minimum=1)
 CELERY_TIMEZONE = "UTC"
 # Reporting clocks are database rows scanned by beat; the task is idempotent (safety/services.py).
 CELERY_BEAT_SCHEDULE = {
@@ -223,6 +232,17 @@ CELERY_BEAT_SCHEDULE = {
         "task": "safety.clock_monitor",
         "schedule": datetime.timedelta(minutes=15),
         "options": {"expires": 14 * 60},
+    },
+    # Analytics messages left unsent while the broker was down, and analyses whose worker died.
+    "analytics-outbox-relay": {
+        "task": "analytics.outbox_relay",
+        "schedule": datetime.timedelta(seconds=TOLERANCE_OUTBOX_RELAY_SECONDS),
+        "options": {"expires": TOLERANCE_OUTBOX_RELAY_SECONDS},
+    },
+    "analytics-requeue-stale-jobs": {
+        "task": "analytics.requeue_stale_jobs",
+        "schedule": datetime.timedelta(seconds=TOLERANCE_STALE_CHECK_SECONDS),
+        "options": {"expires": TOLERANCE_STALE_CHECK_SECONDS},
     },
 }
 

@@ -170,3 +170,82 @@ def trial(_module_trial, db) -> Trial:
 
 
 CUT_DATE = dt.date(2026, 6, 30)
+
+
+# ---------------------------------------------------------------------------------------------
+# A study with a definition and an empty cut (fast: no casebook), for the job-state and outbox tests
+# ---------------------------------------------------------------------------------------------
+
+DEAD_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
+
+
+@dataclass
+class BareCut:
+    study: Study
+    statistician: object
+    cut: object
+
+
+def build_bare_cut(code: str = "treg-ms-bare") -> BareCut:
+    study = build_study(code=code, indication=Indication.MS)
+    statistician = member(f"{code}-stats", study, Role.STATISTICIAN)
+    analytics_services.remission_definition_set(
+        actor=statistician,
+        study=study,
+        name="NEDA-3",
+        rule="neda3",
+        parameters={},
+        sap={"non_responders": "censor"},
+        reason="SAP version 1",
+    )
+    cut = analytics_services.datacut_create(actor=statistician, study=study, cut_date=CUT_DATE)
+    return BareCut(study, statistician, cut)
+
+
+@pytest.fixture
+def bare(db) -> BareCut:
+    return build_bare_cut()
+
+
+def _point_celery_at(url: str) -> dict:
+    from config.celery_app import app
+
+    # broker_write_url: Celery reads CELERY_BROKER_URL from the environment before broker_url.
+    saved = {key: app.conf.get(key) for key in ("task_always_eager", "broker_write_url")}
+    app.conf.update(task_always_eager=False, broker_write_url=url)
+    app.close()  # drop pooled connections to the previous broker
+    return saved
+
+
+def _restore_celery(saved: dict) -> None:
+    from config.celery_app import app
+
+    app.conf.update(saved)
+    app.close()
+
+
+@pytest.fixture
+def dead_broker():
+    """This process publishes to a broker that refuses connections (Redis down)."""
+    saved = _point_celery_at(DEAD_BROKER)
+    yield DEAD_BROKER
+    _restore_celery(saved)
+
+
+@pytest.fixture
+def live_broker():
+    """This process publishes to the tests' Redis (``CELERY_BROKER_URL``, emptied first); no worker
+    consumes it, so what was published can be read back from the ``celery`` list."""
+    import os
+
+    import redis
+
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    if not url.startswith(("redis://", "rediss://")):
+        pytest.fail("CELERY_BROKER_URL must name a Redis database reserved for the tests (it is emptied).")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    saved = _point_celery_at(url)
+    yield client
+    _restore_celery(saved)
+    client.flushdb()

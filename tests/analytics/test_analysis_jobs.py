@@ -69,7 +69,11 @@ class TestAnalysisRequest:
         assert numbers["cox_dose"]["coefficients"][0]["covariate"] == "log10_dose"
         assert "batch_mode=True" in numbers["cox_dose"]["engine"]
         assert numbers["cumulative_incidence"]["Cohort 3 (20M/kg)"]["competing"] == 1  # the death
-        assert numbers["rmst"]["horizon"] == 730.0
+        # τ defaults to the largest time every group reaches: cohort 2's last observation (day 365: a
+        # relapse and a withdrawal), not the 730 days of follow-up.
+        last = {label: group["last_observation_days"] for label, group in numbers["summary"].items()}
+        assert numbers["rmst"]["horizon"] == min(last.values()) == last["Cohort 2 (5M/kg)"] == 365
+        assert numbers["rmst"]["warnings"] == []
         assert len(numbers["rmst"]["comparisons"]) == 2
         assert numbers["turnbull"]["Cohort 1 (1M/kg)"]["analysis"] == "turnbull_npmle"
         pir = numbers["probability_in_remission"]

@@ -115,6 +115,34 @@ class TestDataCutCreate:
         assert "cut_date" in refused.value.message_dict
         assert not DataCut.objects.exists()
 
+    def test_it_refuses_a_cut_date_before_the_study_started(self, trial):
+        """Issue 10 (14): a cut dated 0003-02-02 was accepted. The study started when its first
+        consent form version took effect (2024-01-01 here)."""
+        for day in (dt.date(3, 2, 2), dt.date(2023, 12, 31)):
+            with pytest.raises(RuleViolation) as refused:
+                services.datacut_create(actor=trial.statistician, study=trial.study, cut_date=day)
+            message = refused.value.message_dict["cut_date"][0]
+            assert f"The cut date {day.isoformat()} is before the study started (2024-01-01)" in message
+        assert not DataCut.objects.exists()
+        first_day = services.datacut_create(actor=trial.statistician, study=trial.study, cut_date=dt.date(2024, 1, 1))
+        assert first_day.manifest["frames"]["participants"]["rows"] == 0
+
+    def test_the_form_and_the_api_show_the_cut_date_error(self, trial):
+        from django.test import Client
+        from rest_framework.test import APIClient
+
+        client = Client()
+        client.force_login(trial.data_manager)
+        page = client.post(f"/analytics/studies/{trial.study.code}/cuts/", {"cut_date": "0003-02-02"})
+        assert page.status_code == 400
+        assert "The cut date 0003-02-02 is before the study started (2024-01-01)" in page.content.decode()
+        api = APIClient()
+        api.force_authenticate(trial.data_manager)
+        answer = api.post("/api/v1/data-cuts/", {"study": trial.study.code, "cut_date": "0003-02-02"}, format="json")
+        assert answer.status_code == 400
+        assert "before the study started" in answer.json()["cut_date"][0]
+        assert not DataCut.objects.exists()
+
     def test_it_refuses_a_study_without_a_remission_definition(self, trial):
         from tests.factories import build_study, member
         from trials.models import Role

@@ -2,9 +2,9 @@
 the job's progress bar advances in place (htmx polling, no reload) until the job succeeds, and the
 page then shows the curves and the Kaplan-Meier median table. A coordinator is refused the page.
 
-In a test deployment (``TOLERANCE_ANALYTICS_DEBUG_SLEEP``) the request form offers a "hold" option
-that keeps the job waiting for a few seconds at an early stage, reporting a countdown: long enough to
-watch the bar, with no lock or sleep in the test itself.
+The test worker (tests/analytics/held_worker.py) holds analyses of a cut labelled "hold N s" at an
+early stage for N seconds, reporting a countdown: long enough to watch the bar, with no lock or sleep
+in the test itself and no test switch in the application.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import re
 
 import pytest
 
-from analytics import services
+from analytics import presentation, services
 from analytics.models import AnalysisJob, AnalysisResult
 from tests.analytics.conftest import CUT_DATE, build_trial
+from tests.analytics.held_worker import hold_label
 from tests.analytics.test_jobs_worker import WORKER_PATTERNS
 from tests.browser.conftest import chromium_page
 
 PASSWORD = "correct-horse-battery"  # tests.factories.UserFactory's password
-HELD_STAGE = re.compile(r"6% · waiting \(\d+ s, test option\)")
+HELD_STAGE = re.compile(r"6% · held by the test \(\d+ s\)")
 HELD_PERCENT = "6"
 HOLD_SECONDS = 8
 
@@ -37,12 +38,13 @@ def _log_in(page, username: str) -> None:
     page.wait_for_load_state("domcontentloaded")
 
 
-def test_a_statistician_watches_an_analysis_progress_on_the_worker_then_sees_its_result(live_server, worker, settings):
+def test_a_statistician_watches_an_analysis_progress_on_the_worker_then_sees_its_result(live_server, worker):
     from playwright.sync_api import expect
 
-    settings.TOLERANCE_ANALYTICS_DEBUG_SLEEP = True  # the web side offers the hold option (the worker's env too)
     trial = build_trial(code="treg-ra-browser", patterns=WORKER_PATTERNS)
-    cut = services.datacut_create(actor=trial.statistician, study=trial.study, cut_date=CUT_DATE)
+    cut = services.datacut_create(
+        actor=trial.statistician, study=trial.study, cut_date=CUT_DATE, label=hold_label(HOLD_SECONDS)
+    )
     durability_url = f"{live_server.url}/analytics/studies/{trial.study.code}/"
 
     with chromium_page() as page:
@@ -65,7 +67,6 @@ def test_a_statistician_watches_an_analysis_progress_on_the_worker_then_sees_its
 
         page.select_option("#id_data_cut", str(cut.pk))
         page.select_option("#id_grouping", "cohort")
-        page.fill("#id_debug_sleep_seconds", str(HOLD_SECONDS))
         page.get_by_role("button", name="Run the analysis").click()
         page.wait_for_load_state("domcontentloaded")
         job = AnalysisJob.objects.get(data_cut=cut)
@@ -92,8 +93,8 @@ def test_a_statistician_watches_an_analysis_progress_on_the_worker_then_sees_its
         result = AnalysisResult.objects.get(job=job)
 
         expect(page.locator("#analysis-jobs[hx-trigger]")).to_have_count(0)  # nothing left to poll
-        expect(page.get_by_role("figure", name="Kaplan-Meier curves").locator("svg")).to_be_visible()
-        expect(page.get_by_role("figure", name="Cumulative incidence curves").locator("svg")).to_be_visible()
+        expect(page.get_by_role("figure", name="Kaplan-Meier curves").locator("img")).to_be_visible()
+        expect(page.get_by_role("figure", name="Cumulative incidence curves").locator("img")).to_be_visible()
         km_table = page.locator("table", has=page.get_by_role("columnheader", name="Median (days)"))
         groups = result.numbers["kaplan_meier"]["groups"]
         expect(km_table.locator("tbody tr")).to_have_count(len(groups))
@@ -103,4 +104,4 @@ def test_a_statistician_watches_an_analysis_progress_on_the_worker_then_sees_its
             expect(cells.nth(0)).to_have_text(group["group"])
             expect(cells.nth(1)).to_have_text(str(group["n"]))
             expect(cells.nth(2)).to_have_text(str(group["events"]))
-            expect(cells.nth(3)).to_have_text("not reached" if median is None else f"{median:g}")
+            expect(cells.nth(4)).to_have_text("not reached" if median is None else presentation.days(median))
