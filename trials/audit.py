@@ -84,20 +84,112 @@ def audit_verify(*, using: str = "default") -> tuple[int, list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading the audit trail: a record's history and a study's audit export
+# Reading the audit trail: which events belong to a study or a casebook, and which fields they show
 # ---------------------------------------------------------------------------------------------
 
 # Audit rows that would reveal the randomized arm: never shown to blinded users (docs/reliability.md §0.4).
 BLINDED_MODELS = frozenset({"trials.randomizationslot"})
-_HIDDEN_FIELDS = frozenset({"created_at", "updated_at", "version"})
+# Bookkeeping that every save rewrites: the event's own time stands for them.
+_TIMESTAMP_FIELDS = frozenset({"created_at", "updated_at"})
+_MAX_PATH = 5  # foreign-key hops from an audited record to its study (an expedited report needs 4)
 
 
-def _tracked_fields(event_model) -> list:
-    return [
+def audit_fields(event_model) -> list:
+    """The snapshot fields an audit trail shows, in model order.
+
+    Left out: pghistory's own columns, the primary key (it is the record's id), the save timestamps
+    and the optimistic-lock counter of casebook records (``version``, not editable; a field that
+    users type, such as a consent document's version, is shown)."""
+    tracked = event_model.pgh_tracked_model
+    shown = []
+    for field in event_model._meta.concrete_fields:
+        if field.name.startswith("pgh_") or field.name == tracked._meta.pk.name:
+            continue
+        if field.name in _TIMESTAMP_FIELDS:
+            continue
+        if field.name == "version" and not tracked._meta.get_field("version").editable:
+            continue
+        shown.append(field)
+    return shown
+
+
+def _scoping_fields(model) -> list:
+    """Foreign keys that lead towards a study: not to users or content types (shared by studies)."""
+    from django.contrib.auth import get_user_model
+
+    user_model = get_user_model()
+    fields = [
         f
-        for f in event_model._meta.concrete_fields
-        if not f.name.startswith("pgh_") and f.name not in _HIDDEN_FIELDS and f.name != "id"
+        for f in model._meta.concrete_fields
+        if f.is_relation
+        and f.related_model is not None
+        and f.related_model is not user_model
+        and f.related_model._meta.label_lower != "contenttypes.contenttype"
+        and f.related_model is not model
     ]
+    return sorted(fields, key=lambda f: (f.null, f.name))  # required links first: they always lead there
+
+
+def path_to(model, target) -> list | None:
+    """The shortest chain of foreign keys from ``model`` to ``target`` ([] when they are the same
+    model; None when there is none), found by breadth-first search over the models' own fields, so a
+    model added to any app is scoped without anyone listing it."""
+    if model is target:
+        return []
+    frontier: list[tuple[object, list]] = [(model, [])]
+    for _ in range(_MAX_PATH):
+        next_frontier = []
+        for current, path in frontier:
+            for field in _scoping_fields(current):
+                step = [*path, field]
+                if field.related_model is target:
+                    return step
+                next_frontier.append((field.related_model, step))
+        frontier = next_frontier
+    return None
+
+
+def _lookup(path: list) -> str:
+    return "__".join(field.name for field in path)
+
+
+def scope_filter(event_model, target) -> dict | None:
+    """Filter for ``event_model``'s events that belong to ``target`` (a study or a participant), or
+    None if its records cannot belong to one.
+
+    The first hop is read from the event's own snapshot column; the rest of the chain from the live
+    rows (links between clinical records never change: they are created once and never deleted)."""
+    tracked = event_model.pgh_tracked_model
+    target_model = type(target)
+    path = path_to(tracked, target_model)
+    if path is None:
+        # A record the study links to many-to-many (its sites).
+        for m2m in target_model._meta.many_to_many:
+            if m2m.related_model is tracked:
+                return {"pgh_obj_id__in": getattr(target, m2m.name).values("pk")}
+        return None
+    if not path:
+        return {"pgh_obj_id": target.pk}
+    first, rest = path[0], path[1:]
+    if not rest:
+        return {first.attname: target.pk}
+    linked = first.related_model._default_manager.filter(**{_lookup(rest): target.pk}).values("pk")
+    return {f"{first.attname}__in": linked}
+
+
+def scoped_event_models(target, *, unblinded: bool) -> list[tuple[object, dict]]:
+    """(event model, filter) for every audited model whose records can belong to ``target``;
+    the allocation list only for unblinded users."""
+    from trials.dbroles import event_models
+
+    scoped = []
+    for event_model in event_models():
+        if event_model.pgh_tracked_model._meta.label_lower in BLINDED_MODELS and not unblinded:
+            continue
+        filters = scope_filter(event_model, target)
+        if filters is not None:
+            scoped.append((event_model, filters))
+    return scoped
 
 
 def _display(value) -> str:
@@ -108,7 +200,7 @@ def _display(value) -> str:
 
 def history_rows(events, event_model, *, label: str):
     """Turn the ordered snapshots of one model's events into field-level changes (old -> new)."""
-    fields = _tracked_fields(event_model)
+    fields = audit_fields(event_model)
     previous: dict[int, object] = {}
     for event in events:
         before = previous.get(event.pgh_obj_id)
@@ -141,63 +233,3 @@ def record_history(record) -> list[dict]:
     event_model = record.pgh_event_model
     events = event_model.objects.filter(pgh_obj_id=record.pk).select_related("pgh_context").order_by("pgh_id")
     return list(history_rows(events, event_model, label=record._meta.verbose_name))
-
-
-def _study_filter(event_model, study) -> dict | None:
-    tracked = event_model.pgh_tracked_model
-    names = {f.name for f in tracked._meta.concrete_fields}
-    if tracked._meta.label_lower == "trials.study":
-        return {"pgh_obj_id": study.pk}
-    if "study" in names:
-        return {"study_id": study.pk}
-    if "participant" in names:
-        return {"participant_id__in": study.participants.values("pk")}
-    if "visit" in names:
-        from trials.models import Visit
-
-        return {"visit_id__in": Visit.objects.filter(participant__study=study).values("pk")}
-    if tracked._meta.label_lower == "trials.site":
-        return {"pgh_obj_id__in": study.sites.values("pk")}
-    return None
-
-
-def study_audit_rows(study, *, unblinded: bool):
-    """The audit trail of a whole study, model by model, oldest first within each model."""
-    from trials.dbroles import event_models
-
-    for event_model in event_models():
-        label = event_model.pgh_tracked_model._meta.label_lower
-        if label in BLINDED_MODELS and not unblinded:
-            continue
-        filters = _study_filter(event_model, study)
-        if filters is None:
-            continue
-        events = event_model.objects.filter(**filters).select_related("pgh_context").order_by("pgh_id")
-        yield from history_rows(events.iterator(chunk_size=2000), event_model, label=label)
-
-
-def participant_history_rows(participant, *, unblinded: bool) -> list[dict]:
-    """The audit trail of one casebook: the participant row and every record hanging from it."""
-    from trials.dbroles import event_models
-    from trials.models import Visit
-
-    rows: list[dict] = []
-    visit_ids = list(Visit.objects.filter(participant=participant).values_list("pk", flat=True))
-    for event_model in event_models():
-        tracked = event_model.pgh_tracked_model
-        label = tracked._meta.label_lower
-        if label in BLINDED_MODELS and not unblinded:
-            continue
-        names = {f.name for f in tracked._meta.concrete_fields}
-        if tracked is type(participant):
-            filters = {"pgh_obj_id": participant.pk}
-        elif "participant" in names:
-            filters = {"participant_id": participant.pk}
-        elif "visit" in names:
-            filters = {"visit_id__in": visit_ids}
-        else:
-            continue
-        events = event_model.objects.filter(**filters).select_related("pgh_context").order_by("pgh_id")
-        rows.extend(history_rows(events, event_model, label=tracked._meta.verbose_name))
-    rows.sort(key=lambda row: row["at"])
-    return rows

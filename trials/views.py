@@ -14,15 +14,16 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods
 
-from trials import forms, selectors, services, web
-from trials.audit import participant_history_rows, study_audit_rows
+from trials import audit_trail, forms, selectors, services, web
+from trials.audit_export import study_audit_csv
+from trials.csv_export import csv_response
 from trials.models import Indication, Participant, ParticipantStatus, Role, Signature, Visit
 
 PAGE_SIZE = 50
@@ -586,38 +587,33 @@ def disposition_record(request, pk: int):
 @login_required
 @require_GET
 def participant_history(request, pk: int):
-    """Every change of the casebook: field, old -> new, who, when (UTC), why."""
+    """The casebook's audit trail: one entry per event with the fields it changed, who, when (UTC)
+    and why, filtered by form, field, user and date, newest first, a page at a time."""
     participant = selectors.participant_get(user=request.user, pk=pk)
-    rows = participant_history_rows(participant, unblinded=selectors.is_unblinded(request.user, participant.study))
-    context = {"study": participant.study, "participant": participant, "rows": rows, "title": "Audit trail"}
+    trail = audit_trail.casebook_trail(participant, unblinded=selectors.is_unblinded(request.user, participant.study))
+    filter_form = audit_trail.TrailFilterForm(request.GET or None, trail=trail)
+    page = Paginator(filter_form.apply(trail), audit_trail.PAGE_SIZE).get_page(request.GET.get("page"))
+    audit_trail.label_events(page.object_list, participant=participant)
+    context = {
+        "study": participant.study,
+        "participant": participant,
+        "page": page,
+        "total": len(trail),
+        "filter_form": filter_form,
+        "title": "Audit trail",
+    }
     return render(request, "trials/participant_history.html", context)
 
 
 @login_required
 @require_GET
 def study_audit_export(request, study_code: str):
-    """The whole audit trail of a study as CSV, for data managers (blinding applies)."""
-    import csv
-
+    """The whole audit trail of a study as CSV, for data managers (blinding applies), streamed."""
     study = selectors.study_get(user=request.user, code=study_code)
     if not selectors.has_role(request.user, study=study, roles={Role.DATA_MANAGER}):
         raise PermissionDenied("Only data managers export the audit trail.")
-    columns = ["at", "model", "object_id", "action", "field", "old", "new", "user", "user_id", "reason", "channel"]
-
-    class Echo:
-        def write(self, value):
-            return value
-
-    writer = csv.writer(Echo())
-
-    def lines():
-        yield writer.writerow(columns)
-        for row in study_audit_rows(study, unblinded=selectors.is_unblinded(request.user, study)):
-            yield writer.writerow([row["at"].isoformat(), *[row[c] for c in columns[1:]]])
-
-    response = StreamingHttpResponse(lines(), content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="{study.code}-audit-trail.csv"'
-    return response
+    blocks = study_audit_csv(study, unblinded=selectors.is_unblinded(request.user, study))
+    return csv_response(blocks, filename=f"{study.code}-audit-trail.csv")
 
 
 def _require(request, allowed: bool, message: str) -> None:
