@@ -217,6 +217,16 @@ def memberships_in(*, user, study: Study) -> list[StudyMembership]:
     return [m for m in _memberships(user) if m.study_id == study.pk]
 
 
+def studies_with_roles(*, user) -> list[tuple[Study, list[StudyMembership]]]:
+    """Every study ``user`` has a role in, each with those roles (the start page), including roles that
+    see no clinical data (sponsor admin). A superuser administers every study, with or without a role."""
+    by_study: dict[int, list[StudyMembership]] = {}
+    for m in _memberships(user):
+        by_study.setdefault(m.study_id, []).append(m)
+    studies = Study.objects.all() if user.is_superuser else Study.objects.filter(pk__in=by_study)
+    return [(study, by_study.get(study.pk, [])) for study in studies.order_by("code")]
+
+
 def sites_visible_to(*, user, study: Study) -> QuerySet[Site]:
     """Sites whose participants ``user`` may read in ``study``: the same rule as ``_scope``."""
     site_ids = set()

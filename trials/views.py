@@ -68,10 +68,16 @@ def _form_page(request, participant: Participant, form, *, title: str, submit: s
 @login_required
 @require_GET
 def home(request):
-    studies = list(selectors.studies_visible_to(request.user))
-    if len(studies) == 1:
-        return redirect("trials:participant_list", study_code=studies[0].code)
-    return render(request, "trials/home.html", {"studies": studies})
+    """Every study the user has a role in, with the role(s) and the pages each opens (config/navigation.py).
+    A user with one clinical study and nothing else goes straight to its participants."""
+    entries = [
+        {"study": study, "memberships": memberships}
+        for study, memberships in selectors.studies_with_roles(user=request.user)
+    ]
+    clinical = list(selectors.studies_visible_to(request.user))
+    if len(entries) == 1 and len(clinical) == 1 and not request.user.is_staff:
+        return redirect("trials:participant_list", study_code=clinical[0].code)
+    return render(request, "trials/home.html", {"entries": entries})
 
 
 @login_required

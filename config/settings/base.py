@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    "csp",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -44,10 +45,14 @@ INSTALLED_APPS = [
     "trials",
     "safety",
     "analytics",
+    "config.apps.ProjectConfig",  # start-up checks (config/checks.py)
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy and Permissions-Policy on every response (see "Security headers" below).
+    "csp.middleware.CSPMiddleware",
+    "config.security.PermissionsPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -77,6 +82,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # What each role may open in a study: the header, the safety sub-navigation, the start page.
+            "libraries": {"navigation": "config.navigation"},
         },
     },
 ]
@@ -160,6 +167,45 @@ CSRF_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+
+# --- Security headers. A strict Content-Security-Policy: everything from this origin, nothing inline
+# (no inline script, no <style> element, no style attribute), no plug-ins, no framing. Pages keep
+# their CSS and JavaScript in static files; htmx needs no inline code; Swagger UI loads its start-up
+# script from a URL of its own; plots are SVG images (data: URIs). Django 5.2 has no built-in CSP
+# (Django 6.0 adds SECURE_CSP, modelled on django-csp), so django-csp sets the header: it also gives
+# per-request nonces (``request.csp_nonce``) and per-view overrides should a page ever need one.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# Browser features no page of Tolerance uses are switched off for this origin and any frame
+# (config/security.py).
+PERMISSIONS_POLICY = {
+    feature: []
+    for feature in (
+        "accelerometer",
+        "autoplay",
+        "camera",
+        "display-capture",
+        "geolocation",
+        "gyroscope",
+        "magnetometer",
+        "microphone",
+        "midi",
+        "payment",
+        "usb",
+    )
+}
 
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True
@@ -279,4 +325,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
+    # The embedded PostgreSQL logs every process's start and exit ("exiting N remaining pids") at INFO.
+    "loggers": {"pgserver": {"level": "WARNING"}},
 }
