@@ -138,7 +138,7 @@ class StudyForm(InUseLockForm):
 
 
 class DoseCohortForm(InUseLockForm):
-    locked_when_used = ("number", "planned_cells_per_kg", "planned_total_cells", "route", "infusions_planned")
+    locked_when_used = ("study", "number", "planned_cells_per_kg", "planned_total_cells", "route", "infusions_planned")
 
     class Meta:
         model = DoseCohort
@@ -163,7 +163,7 @@ class DoseCohortForm(InUseLockForm):
 class VisitDefinitionForm(InUseLockForm):
     # Windows stay editable: services copy them onto each visit when the schedule is set, so an
     # amended window applies to participants infused afterwards and leaves earlier visits as planned.
-    locked_when_used = ("code", "target_day")
+    locked_when_used = ("study", "code", "target_day")
 
     forms_due = forms.MultipleChoiceField(choices=FormCode.choices, widget=forms.CheckboxSelectMultiple, required=False)
 
@@ -177,7 +177,7 @@ class VisitDefinitionForm(InUseLockForm):
 
 
 class EligibilityCriterionForm(InUseLockForm):
-    locked_when_used = ("kind", "number", "text")
+    locked_when_used = ("study", "kind", "number", "text")
     locked_help = "Read-only: participants answered this {what}. Retire it (untick 'active') and add a new one."
 
     class Meta:
@@ -191,7 +191,7 @@ class EligibilityCriterionForm(InUseLockForm):
 
 
 class ConsentDocumentForm(InUseLockForm):
-    locked_when_used = ("version", "effective_date")
+    locked_when_used = ("study", "version", "effective_date")
 
     class Meta:
         model = ConsentDocument

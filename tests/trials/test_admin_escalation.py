@@ -19,7 +19,7 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from tests.factories import admin_change, member
+from tests.factories import admin_change, infused, member
 from trials import accounts, memberships
 from trials.account_events import AccountEvent
 from trials.errors import RuleViolation
@@ -662,6 +662,30 @@ class TestStudyScope:
         assert response.status_code == 200
         assert "Select a valid choice" in response.content.decode()
         assert DoseCohort.objects.get(pk=cohort.pk).study_id == study.pk
+
+    def test_a_cohort_in_use_stays_in_its_study_even_between_two_managed_studies(
+        self, study, t1d_study, sites, coordinator_site_a, superuser
+    ):
+        participant = infused(study, sites[0], coordinator_site_a)
+        cohort = participant.cohort
+        response = logged_in(superuser).post(
+            change_url(cohort),
+            {
+                "study": t1d_study.pk,
+                "number": 7,
+                "label": cohort.label,
+                "planned_cells_per_kg": "1000000",
+                "route": "IV",
+                "infusions_planned": 1,
+                "sentinel_interval_days": 0,
+                "capacity": 3,
+                "is_open": "on",
+                "change_reason": "moved",
+            },
+        )
+        assert response.status_code == 302  # the disabled fields keep their saved values
+        cohort.refresh_from_db()
+        assert (cohort.study_id, cohort.number) == (study.pk, participant.cohort.number)
 
     def test_only_a_superuser_adds_a_study(self, dm, superuser):
         assert logged_in(dm).get(reverse("admin:trials_study_add")).status_code == 403
