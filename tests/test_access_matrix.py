@@ -43,7 +43,7 @@ ALLOWED = "allowed"  # 200 for a page, 200/201/400 for an API action (an empty b
 @dataclass(frozen=True)
 class Policy:
     kind: str  # what the URL exposes; decides the expected answer per role (see ``expected``)
-    target: str  # "none", "study", "participant", "visit", "adverse_event", "sae_case" or "report"
+    target: str  # "none", "study", "participant", "infusion", "visit", "adverse_event", "sae_case" or "report"
     api: bool = False
     method: str = "get"
 
@@ -105,6 +105,7 @@ POLICY: dict[str, Policy] = {
     "trials:screen_failure": Policy("write", "participant"),
     "trials:participant_enrol": Policy("write", "participant"),
     "trials:infusion_record": Policy("write", "participant"),
+    "trials:infusion_correct": Policy("write", "infusion"),
     "trials:visit_add": Policy("write", "participant"),
     "trials:relapse_record": Policy("write", "participant"),
     "trials:rescue_therapy_record": Policy("write", "participant"),
@@ -254,6 +255,8 @@ def _url(name: str, policy: Policy, world, other_site: bool) -> str:
         return reverse(name, kwargs={"study_code": world["study"].code})
     if policy.target == "participant":
         return reverse(name, kwargs={"pk": participant.pk})
+    if policy.target == "infusion":
+        return reverse(name, kwargs={"pk": participant.infusions.get().pk})
     if policy.target in ("analysis", "data_cut"):
         return reverse(name, kwargs={"pk": world[policy.target].pk})
     if policy.target == "analysis_plot":

@@ -114,6 +114,10 @@ class StudyForm(InUseLockForm):
             "follow_up_days",
             "dlt_window_days",
             "dose_tolerance_pct",
+            "min_age_years",
+            "max_age_years",
+            "release_min_viability_pct",
+            "release_max_endotoxin_eu_per_kg",
             "sites",
         ]
 
@@ -323,6 +327,8 @@ class StudyAdmin(StudyScopedAdminMixin, AuditedAdminMixin, admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("code", "title", "indication", "phase", "product_name", "is_blinded", "is_locked")}),
         ("Safety and follow-up", {"fields": ("follow_up_days", "dlt_window_days", "dose_tolerance_pct")}),
+        ("Eligibility by age", {"fields": ("min_age_years", "max_age_years")}),
+        ("Product release criteria", {"fields": ("release_min_viability_pct", "release_max_endotoxin_eu_per_kg")}),
         ("Sites", {"fields": ("sites",)}),
     )
     inlines = (DoseCohortInline, VisitDefinitionInline, EligibilityCriterionInline, ConsentDocumentInline)

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from trials import selectors, services
 from trials.models import ConsentDocument, Disposition, Participant, Site, Visit
+from trials.text import FreeTextSerializerField, IdentifierSerializerField, PlainDecimalSerializerField
 
 # ---------------------------------------------------------------------------------------------
 # Output serializers
@@ -72,25 +73,25 @@ class InfusionOutput(serializers.Serializer):
 
 
 class ScreenInput(serializers.Serializer):
-    study = serializers.CharField()
-    site = serializers.CharField()
+    study = IdentifierSerializerField(required=True, allow_blank=False, max_length=32)
+    site = IdentifierSerializerField(required=True, allow_blank=False, max_length=8)
     sex = serializers.ChoiceField(choices=Participant.Sex.choices)
     birth_year = serializers.IntegerField(min_value=1900, max_value=2100)
     screening_date = serializers.DateField()
 
 
 class ConsentInput(serializers.Serializer):
-    document_version = serializers.CharField()
+    document_version = IdentifierSerializerField(required=True, allow_blank=False, max_length=20)
     consent_date = serializers.DateField()
 
 
 class EligibilityInput(serializers.Serializer):
     answers = serializers.DictField(child=serializers.BooleanField(), help_text="criterion id -> yes/no")
-    reason = serializers.CharField(required=False, allow_blank=True, default="")
+    reason = FreeTextSerializerField(default="")
 
 
 class ReasonInput(serializers.Serializer):
-    reason = serializers.CharField()
+    reason = FreeTextSerializerField(required=True, allow_blank=False)
 
 
 class EnrolInput(serializers.Serializer):
@@ -99,50 +100,54 @@ class EnrolInput(serializers.Serializer):
 
 class InfusionInput(serializers.Serializer):
     apheresis_date = serializers.DateField()
-    manufacturing_lot = serializers.CharField(max_length=40)
+    manufacturing_lot = IdentifierSerializerField(required=True, allow_blank=False)
     release_passed = serializers.BooleanField()
-    viability_pct = serializers.DecimalField(max_digits=5, decimal_places=1)
+    viability_pct = PlainDecimalSerializerField(max_digits=5, decimal_places=1, allow_null=True, default=None)
+    endotoxin_eu_per_kg = PlainDecimalSerializerField(max_digits=6, decimal_places=2, allow_null=True, default=None)
     total_viable_cells = serializers.DecimalField(max_digits=14, decimal_places=0)
-    volume_ml = serializers.DecimalField(max_digits=7, decimal_places=1, required=False, allow_null=True)
-    weight_kg = serializers.DecimalField(max_digits=5, decimal_places=1)
+    volume_ml = PlainDecimalSerializerField(max_digits=7, decimal_places=1, required=False, allow_null=True)
+    weight_kg = PlainDecimalSerializerField(max_digits=5, decimal_places=1)
     start_at = serializers.DateTimeField()
     end_at = serializers.DateTimeField()
     interrupted = serializers.BooleanField(default=False)
-    interruption_reason = serializers.CharField(required=False, allow_blank=True, default="")
-    premedication = serializers.CharField(required=False, allow_blank=True, default="")
+    interruption_reason = FreeTextSerializerField(default="")
+    premedication = FreeTextSerializerField(default="")
+    confirm_outside_criteria = serializers.BooleanField(
+        default=False, help_text="Confirms a product outside the release criteria was infused (a protocol deviation)."
+    )
 
 
 class DispositionInput(serializers.Serializer):
     kind = serializers.ChoiceField(choices=Disposition.Kind.choices)
     disposition_date = serializers.DateField()
-    reason = serializers.CharField(required=False, allow_blank=True, default="")
+    reason = FreeTextSerializerField(default="")
     death_date = serializers.DateField(required=False, allow_null=True, default=None)
 
 
 class VisitRecordInput(serializers.Serializer):
     actual_date = serializers.DateField()
-    weight_kg = serializers.DecimalField(max_digits=5, decimal_places=1, required=False, allow_null=True)
-    reason = serializers.CharField(required=False, allow_blank=True, default="")
+    weight_kg = PlainDecimalSerializerField(max_digits=5, decimal_places=1, required=False, allow_null=True)
+    reason = FreeTextSerializerField(default="")
     version = serializers.IntegerField(required=False, allow_null=True, help_text="The version you loaded.")
 
 
 class VisitMissedInput(serializers.Serializer):
-    reason = serializers.CharField()
+    reason = FreeTextSerializerField(required=True, allow_blank=False)
 
 
 class AssessmentInput(serializers.Serializer):
-    edss = serializers.DecimalField(max_digits=3, decimal_places=1, required=False, allow_null=True)
-    hba1c = serializers.DecimalField(max_digits=5, decimal_places=1, required=False, allow_null=True)
-    hba1c_unit = serializers.CharField(required=False, allow_blank=True)
-    insulin_u_per_kg_day = serializers.DecimalField(max_digits=4, decimal_places=2, required=False, allow_null=True)
+    edss = PlainDecimalSerializerField(max_digits=3, decimal_places=1, required=False, allow_null=True)
+    hba1c = PlainDecimalSerializerField(max_digits=5, decimal_places=1, required=False, allow_null=True)
+    hba1c_unit = IdentifierSerializerField(max_length=8)
+    insulin_u_per_kg_day = PlainDecimalSerializerField(max_digits=4, decimal_places=2, required=False, allow_null=True)
     tender_joints_28 = serializers.IntegerField(required=False, allow_null=True)
     swollen_joints_28 = serializers.IntegerField(required=False, allow_null=True)
-    crp = serializers.DecimalField(max_digits=6, decimal_places=2, required=False, allow_null=True)
-    crp_unit = serializers.CharField(required=False, allow_blank=True)
+    crp = PlainDecimalSerializerField(max_digits=6, decimal_places=2, required=False, allow_null=True)
+    crp_unit = IdentifierSerializerField(max_length=5)
     esr_mm_h = serializers.IntegerField(required=False, allow_null=True)
     patient_global_mm = serializers.IntegerField(required=False, allow_null=True)
     evaluator_global_mm = serializers.IntegerField(required=False, allow_null=True)
-    reason = serializers.CharField(required=False, allow_blank=True, default="")
+    reason = FreeTextSerializerField(default="")
     version = serializers.IntegerField(required=False, allow_null=True)
 
 

@@ -24,6 +24,7 @@ from trials.models import (
     Visit,
 )
 from trials.services import REQUIRED_FIELDS
+from trials.text import CODE_MAX, NAME_MAX, REASON_MAX, FreeTextField, IdentifierField, PlainDecimalField
 
 # The time points the coordinators' MMTT form offers (a subset of services.MMTT_MINUTES).
 MMTT_FORM_MINUTES = (-10, 0, 15, 30, 60, 90, 120)
@@ -47,15 +48,20 @@ def _date(label: str, *, required: bool = True, help_text: str = "") -> forms.Da
     return forms.DateField(label=label, required=required, widget=DateInput, help_text=help_text)
 
 
-def _text(label: str, *, required: bool = False, help_text: str = "", rows: int = 2) -> forms.CharField:
-    return forms.CharField(
-        label=label, required=required, help_text=help_text, widget=forms.Textarea(attrs={"rows": rows})
-    )
+def _text(
+    label: str, *, required: bool = False, help_text: str = "", rows: int = 2, max_length: int = REASON_MAX
+) -> forms.CharField:
+    """Free text: bounded, NFC-normalised, control and bidi-override characters refused."""
+    return FreeTextField(label=label, required=required, help_text=help_text, rows=rows, max_length=max_length)
 
 
-def _decimal(label: str, max_digits: int, places: int, *, required: bool = True, **kwargs) -> forms.DecimalField:
+def _decimal(
+    label: str, max_digits: int, places: int, *, required: bool = True, plain: bool = True, **kwargs
+) -> forms.DecimalField:
+    """A decimal typed as digits (``72.5``); ``plain=False`` also takes exponent notation (``7e7``)."""
     step = "1" if places == 0 else "0." + "0" * (places - 1) + "1"
-    return forms.DecimalField(
+    field_class = PlainDecimalField if plain else forms.DecimalField
+    return field_class(
         label=label,
         max_digits=max_digits,
         decimal_places=places,
@@ -84,7 +90,7 @@ class VersionedEditMixin(forms.Form):
 
 
 class ParticipantFilterForm(forms.Form):
-    q = forms.CharField(label="Subject code", required=False, max_length=20)
+    q = IdentifierField(label="Subject code", required=False, max_length=20)
     site = forms.ChoiceField(label="Site", required=False)
     status = forms.ChoiceField(
         label="Status", required=False, choices=[("", "All statuses"), *ParticipantStatus.choices]
@@ -192,11 +198,18 @@ def _time_zone_choices() -> list[tuple[str, str]]:
 
 class InfusionForm(forms.Form):
     # Chain of identity and product release
-    manufacturing_lot = forms.CharField(label="Product lot (manufacturing lot)", max_length=40)
+    manufacturing_lot = IdentifierField(label="Product lot (manufacturing lot)", max_length=CODE_MAX)
     apheresis_date = _date("Apheresis (cell collection) date")
     release_passed = forms.BooleanField(label="Product lot passed release testing", required=False)
-    viability_pct = _decimal("Viability (%)", 5, 1)
-    total_viable_cells = _decimal("Total viable cells infused", 14, 0, help_text="Whole cells, e.g. 70000000 (or 7e7).")
+    viability_pct = _decimal("Viability (%)", 5, 1, required=False, help_text="Leave empty only for a placebo.")
+    endotoxin_eu_per_kg = _decimal("Endotoxin (EU/kg)", 6, 2, required=False, help_text="If tested at release.")
+    total_viable_cells = _decimal(
+        "Total viable cells infused",
+        14,
+        0,
+        plain=False,
+        help_text="Whole cells, e.g. 70000000 (or 7e7); 0 for a placebo.",
+    )
     volume_ml = _decimal("Volume infused (mL)", 7, 1, required=False)
     # Administration
     weight_kg = _decimal("Weight used for dosing (kg)", 5, 1)
@@ -206,10 +219,22 @@ class InfusionForm(forms.Form):
     interrupted = forms.BooleanField(label="The infusion was interrupted", required=False)
     interruption_reason = _text("Reason for the interruption")
     premedication = _text("Premedication", help_text="Drug, dose and time, one per line.")
+    # Shown only when the service asks for it: the product is outside the release criteria.
+    confirm_outside_criteria = forms.BooleanField(
+        label="I confirm this product was infused although it is outside the release criteria "
+        "(it is recorded as a protocol deviation)",
+        required=False,
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["time_zone"].choices = _time_zone_choices()
+
+    @property
+    def asks_confirmation(self) -> bool:
+        return bool(self.errors.get("confirm_outside_criteria")) or bool(
+            self.is_bound and self.data.get("confirm_outside_criteria")
+        )
 
     def clean_total_viable_cells(self) -> Decimal:
         # "7e7" is a valid number; store it as the plain integer it stands for.
@@ -229,8 +254,30 @@ class InfusionForm(forms.Form):
 
     def service_kwargs(self) -> dict:
         data = dict(self.cleaned_data)
-        del data["time_zone"]
+        for name in ("time_zone", "reason", "version"):
+            data.pop(name, None)
         return data
+
+
+class InfusionCorrectForm(InfusionForm):
+    """The infusion form loaded with a recorded infusion, plus a reason for change and its version."""
+
+    reason = _text("Reason for change", required=True, help_text="Why the infusion record is corrected.")
+    version = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=1)
+
+    @staticmethod
+    def initial_for(infusion) -> dict:
+        zone = infusion.participant.site.timezone
+        local = zoneinfo.ZoneInfo(zone)
+        names = [name for name in InfusionForm.base_fields if name not in ("time_zone", "confirm_outside_criteria")]
+        initial = {name: getattr(infusion, name) for name in names}
+        initial.update(
+            time_zone=zone,
+            start_at=infusion.start_at.astimezone(local).replace(tzinfo=None),
+            end_at=infusion.end_at.astimezone(local).replace(tzinfo=None),
+            version=infusion.version,
+        )
+        return initial
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +335,8 @@ def _assessment_field(name: str) -> forms.Field:
         "evaluator_global_mm": ("Evaluator global assessment (mm)", "0-100 mm visual analogue scale."),
     }
     label, help_text = integers[name]
-    return forms.IntegerField(label=label, required=False, min_value=0, help_text=help_text)
+    # No bounds here: the service checks every range at once and names the unit.
+    return forms.IntegerField(label=label, required=False, help_text=help_text)
 
 
 class AssessmentForm(VersionedEditMixin):
@@ -307,9 +355,9 @@ class AssessmentForm(VersionedEditMixin):
 
 class MRIForm(forms.Form):
     scan_date = _date("Scan date")
-    new_or_enlarging_t2 = forms.IntegerField(label="New or enlarging T2 lesions", min_value=0)
-    gd_enhancing = forms.IntegerField(label="Gadolinium-enhancing lesions", min_value=0)
-    reader = forms.CharField(label="Reader", max_length=100, required=False)
+    new_or_enlarging_t2 = forms.IntegerField(label="New or enlarging T2 lesions")
+    gd_enhancing = forms.IntegerField(label="Gadolinium-enhancing lesions")
+    reader = IdentifierField(label="Reader", max_length=NAME_MAX, required=False)
 
 
 class MMTTForm(forms.Form):
@@ -343,8 +391,8 @@ class RelapseForm(forms.Form):
 
 class RescueTherapyForm(forms.Form):
     category = forms.ChoiceField(label="Category", choices=[("", "---------"), *RescueTherapy.Category.choices])
-    agent = forms.CharField(
-        label="Agent", max_length=200, required=False, help_text="The drug, e.g. methylprednisolone."
+    agent = IdentifierField(
+        label="Agent", max_length=NAME_MAX, required=False, help_text="The drug, e.g. methylprednisolone."
     )
     start_date = _date("Start date")
     stop_date = _date("Stop date", required=False, help_text="Leave empty while the therapy continues.")
@@ -378,7 +426,7 @@ class DispositionForm(forms.Form):
 
 
 class ReasonForm(forms.Form):
-    reason = forms.CharField(label="Reason", required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    reason = _text("Reason")
 
 
 class SignatureForm(forms.Form):
@@ -397,7 +445,7 @@ class SignatureForm(forms.Form):
 
 
 class UnblindForm(forms.Form):
-    reason = forms.CharField(label="Medical reason", required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    reason = _text("Medical reason", rows=3)
     password = forms.CharField(
         label="Your password",
         required=False,

@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -79,8 +80,6 @@ class VersionedModel(models.Model):
 def validate_timezone(value: str) -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from django.core.exceptions import ValidationError
-
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
@@ -132,6 +131,43 @@ class Study(models.Model):
         default=False,
         help_text="Randomized within cohorts (e.g. Treg vs placebo); the arm is hidden from blinded roles.",
     )
+    # Eligibility by age at screening, from the year of birth (docs/domain.md §4: adult and paediatric
+    # Treg trials exist, so the bounds belong to the protocol, not to the code). These and the release
+    # criteria may be emptied (no bound); existing studies take the constant default when the column
+    # is added, which PostgreSQL does without updating (or auditing) a row.
+    min_age_years = models.PositiveSmallIntegerField(
+        default=18,
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(120)],
+        help_text="Youngest age at screening the protocol allows (checked against the year of birth); empty: none.",
+    )
+    max_age_years = models.PositiveSmallIntegerField(
+        default=100,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(120)],
+        help_text="Oldest age at screening the protocol allows (checked against the year of birth); empty: none.",
+    )
+    # Product release criteria (docs/domain.md §1.5: whether the product met its release specification).
+    # An infusion outside them needs the coordinator's confirmation and becomes a protocol deviation.
+    release_min_viability_pct = models.DecimalField(
+        max_digits=4,
+        null=True,
+        blank=True,
+        decimal_places=1,
+        default=Decimal("70"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))],
+        help_text="Minimum viability (%) of the product at release; empty if the protocol sets none.",
+    )
+    release_max_endotoxin_eu_per_kg = models.DecimalField(
+        max_digits=6,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="Maximum endotoxin (EU/kg) at release; leave empty if the protocol sets none.",
+    )
     is_locked = models.BooleanField(default=False, editable=False)
 
     class Meta:
@@ -139,10 +175,16 @@ class Study(models.Model):
         verbose_name_plural = "studies"
         constraints = [
             models.CheckConstraint(condition=Q(follow_up_days__gt=0), name="study_follow_up_positive"),
+            models.CheckConstraint(condition=Q(min_age_years__lte=models.F("max_age_years")), name="study_age_range"),
         ]
 
     def __str__(self) -> str:
         return self.code
+
+    def clean(self) -> None:
+        low, high = self.min_age_years, self.max_age_years
+        if low is not None and high is not None and low > high:
+            raise ValidationError({"max_age_years": "The oldest age cannot be below the youngest."})
 
 
 @audited
@@ -177,10 +219,62 @@ class DoseCohort(models.Model):
                 name="cohort_has_planned_dose",
             ),
             models.CheckConstraint(condition=Q(capacity__gt=0), name="cohort_capacity_positive"),
+            models.CheckConstraint(
+                condition=(Q(planned_cells_per_kg__isnull=True) | Q(planned_cells_per_kg__gte=0))
+                & (Q(planned_total_cells__isnull=True) | Q(planned_total_cells__gte=0)),
+                name="cohort_planned_dose_not_negative",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.study.code} cohort {self.number} ({self.label})"
+
+    def clean(self) -> None:
+        """A cohort plans a dose per kg or in total cells; 0 is a placebo (or sham) cohort."""
+        per_kg, total = self.planned_cells_per_kg, self.planned_total_cells
+        errors = {}
+        if per_kg is None and total is None:
+            errors["planned_cells_per_kg"] = "Give the planned dose per kg or in total cells (0 for a placebo cohort)."
+        for name, value in (("planned_cells_per_kg", per_kg), ("planned_total_cells", total)):
+            if value is not None and value < 0:
+                errors[name] = "A planned dose cannot be negative (0 is a placebo cohort)."
+        if per_kg is not None and total is not None and per_kg >= 0 and total >= 0 and (per_kg == 0) != (total == 0):
+            errors["planned_total_cells"] = (
+                "One planned dose is 0 (placebo) and the other is not; give one, or 0 for both."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def planned_dose(self) -> tuple[Decimal, str]:
+        """The dose the cohort plans and its unit: per kg when planned so, else total cells."""
+        if self.planned_cells_per_kg is not None:
+            return self.planned_cells_per_kg, "cells/kg"
+        return self.planned_total_cells, "cells"
+
+    @property
+    def is_placebo(self) -> bool:
+        """A cohort planned at 0 cells: placebo or sham, with no dose to deviate from."""
+        planned, _ = self.planned_dose
+        return planned is not None and planned == 0
+
+    @property
+    def dose_label(self) -> str:
+        """How pages name the planned dose: "Placebo (0 cells)" or "5,000,000 cells/kg"."""
+        planned, unit = self.planned_dose
+        if planned is None:
+            return "—"
+        if planned == 0:
+            return "Placebo (0 cells)"
+        return f"{planned:,} {unit}"
+
+    @staticmethod
+    def placebo_q(prefix: str = "") -> Q:
+        """``Q`` matching placebo cohorts, for querysets that group or filter by them; ``prefix`` is the
+        path to the cohort, e.g. ``"cohort__"`` from a participant or an infusion."""
+        return Q(**{f"{prefix}planned_cells_per_kg": 0}) | Q(
+            **{f"{prefix}planned_cells_per_kg__isnull": True, f"{prefix}planned_total_cells": 0}
+        )
 
 
 @audited
@@ -385,9 +479,17 @@ class Infusion(VersionedModel):
     manufacturing_lot = models.CharField(max_length=40)
     release_passed = models.BooleanField()
     viability_pct = models.DecimalField(
-        max_digits=5, decimal_places=1, validators=[MinValueValidator(0), MaxValueValidator(100)]
+        max_digits=5,
+        decimal_places=1,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Empty only for a placebo (no cells to count).",
     )
     total_viable_cells = models.DecimalField(max_digits=14, decimal_places=0)
+    endotoxin_eu_per_kg = models.DecimalField(
+        max_digits=6, decimal_places=2, null=True, blank=True, help_text="Endotoxin at release (EU/kg), if tested."
+    )
     volume_ml = models.DecimalField(max_digits=7, decimal_places=1, null=True, blank=True)
     # Administration
     weight_kg = models.DecimalField(max_digits=5, decimal_places=1)
@@ -421,6 +523,7 @@ class Infusion(VersionedModel):
 class ProtocolDeviation(VersionedModel):
     class Category(models.TextChoices):
         DOSE = "dose", "Dose outside tolerance"
+        RELEASE = "release", "Product outside release criteria"
         VISIT_WINDOW = "visit_window", "Visit outside window"
         ELIGIBILITY = "eligibility", "Eligibility"
         PROCEDURE = "procedure", "Procedure"
@@ -752,6 +855,11 @@ class Signature(models.Model):
     content_type = models.ForeignKey("contenttypes.ContentType", on_delete=models.PROTECT)
     object_id = models.BigIntegerField()
     record_version = models.PositiveIntegerField()
+    content_digest = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="SHA-256 of the signed clinical content; empty on signatures made before it was kept.",
+    )
     meaning = models.CharField(max_length=20, choices=Meaning.choices)
     signer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="signatures")
     signer_name = models.CharField(max_length=300, help_text="Printed name at the time of signing.")

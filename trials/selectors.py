@@ -137,6 +137,17 @@ def visit_get(*, user, pk: int, write: bool = False) -> Visit:
     return visit
 
 
+def infusion_get(*, user, pk: int, write: bool = False) -> Infusion:
+    """An infusion through its participant's chokepoint (404 outside scope, 403 read-only on write)."""
+    infusion = Infusion.objects.filter(pk=pk).only("participant_id").first()
+    if infusion is None:
+        raise Http404("No such infusion.")
+    participant = participant_get(user=user, pk=infusion.participant_id, write=write)
+    infusion = Infusion.objects.select_related("cohort").get(pk=pk)
+    infusion.participant = participant
+    return infusion
+
+
 def status_counts(*, user, study: Study) -> dict[str, int]:
     rows = participant_list(user=user, study=study).values("status").annotate(n=Count("pk"))
     return {row["status"]: row["n"] for row in rows}
@@ -255,7 +266,7 @@ def eligibility_checklist(*, participant: Participant) -> list[tuple[Eligibility
 @dataclass(frozen=True)
 class InfusionSummary:
     infusion: Infusion
-    deviation_pct: Decimal
+    deviation_pct: Decimal | None  # None in a placebo cohort: no planned dose to deviate from
     outside_tolerance: bool
 
 
@@ -297,7 +308,7 @@ def participant_casebook(*, participant: Participant, today: dt.date) -> Caseboo
     infusions = []
     for infusion in participant.infusions.select_related("cohort").order_by("number"):
         deviation = dose_deviation_pct(infusion, infusion.cohort)
-        infusions.append(InfusionSummary(infusion, deviation, abs(deviation) > tolerance))
+        infusions.append(InfusionSummary(infusion, deviation, deviation is not None and abs(deviation) > tolerance))
     return Casebook(
         participant=participant,
         consents=list(participant.consents.select_related("document").order_by("consent_date")),

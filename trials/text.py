@@ -145,12 +145,10 @@ class PlainDecimalField(forms.DecimalField):
     """A decimal form field that refuses exponent notation (``1e2``), NaN and infinities."""
 
     def to_python(self, value):
-        if value in self.empty_values:
-            return None
-        if isinstance(value, str) and self.localize:
-            value = forms.fields.formats.sanitize_separators(value)
-        parse_plain_decimal(value, label=self.label or "This number")
-        return super().to_python(value)
+        number = super().to_python(value)  # "Enter a number." for what is no number at all
+        if number is not None and isinstance(value, str):
+            parse_plain_decimal(value, label=self.label or "This number")
+        return number
 
 
 # ---------------------------------------------------------------------------------------------

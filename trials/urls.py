@@ -16,6 +16,7 @@ urlpatterns = [
     path("participants/<int:pk>/screen-failure/", views.screen_failure, name="screen_failure"),
     path("participants/<int:pk>/enrol/", views.participant_enrol, name="participant_enrol"),
     path("participants/<int:pk>/infusion/", views.infusion_record, name="infusion_record"),
+    path("infusions/<int:pk>/correct/", views.infusion_correct, name="infusion_correct"),
     path("participants/<int:pk>/visits/add/", views.visit_add, name="visit_add"),
     path("participants/<int:pk>/relapse/", views.relapse_record, name="relapse_record"),
     path("participants/<int:pk>/rescue-therapy/", views.rescue_therapy_record, name="rescue_therapy_record"),

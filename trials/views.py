@@ -24,7 +24,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from trials import audit_trail, forms, selectors, services, web
 from trials.audit_export import study_audit_csv
 from trials.csv_export import csv_response
-from trials.models import Indication, Participant, ParticipantStatus, Role, Signature, Visit
+from trials.models import Indication, Participant, ParticipantStatus, ProtocolDeviation, Role, Signature, Visit
 
 PAGE_SIZE = 50
 
@@ -267,19 +267,7 @@ def infusion_record(request, pk: int):
     if request.method == "POST" and form.is_valid():
         infusion = web.submit(request, form, services.infusion_record, participant=participant, **form.service_kwargs())
         if infusion is not None:
-            deviation = services.dose_deviation_pct(infusion, infusion.cohort)
-            messages.success(
-                request,
-                f"Infusion recorded: {infusion.dose_cells_per_kg:,} cells/kg ({deviation:+}% from the planned dose). "
-                "The visit schedule starts on the infusion day.",
-            )
-            tolerance = participant.study.dose_tolerance_pct
-            if abs(deviation) > tolerance:
-                messages.warning(
-                    request,
-                    f"Dose deviation: {deviation:+}% is outside the ±{tolerance.normalize():f}% tolerance; "
-                    "a protocol deviation was recorded.",
-                )
+            _infusion_messages(request, participant, infusion, "Infusion recorded")
             return redirect(_participant_url(participant, "infusion"))
     return _form_page(
         request,
@@ -289,6 +277,59 @@ def infusion_record(request, pk: int):
         submit="Record infusion",
         template="trials/infusion_form.html",
         cohort=participant.cohort,
+    )
+
+
+def _infusion_messages(request, participant: Participant, infusion, done: str) -> None:
+    deviation = services.dose_deviation_pct(infusion, infusion.cohort)
+    if deviation is None:
+        messages.success(request, f"{done}: placebo (cohort {infusion.cohort.number}), no planned dose to compare.")
+    else:
+        messages.success(
+            request, f"{done}: {infusion.dose_cells_per_kg:,} cells/kg ({deviation:+}% from the planned dose)."
+        )
+        tolerance = participant.study.dose_tolerance_pct
+        if abs(deviation) > tolerance:
+            messages.warning(
+                request,
+                f"Dose deviation: {deviation:+}% is outside the ±{tolerance.normalize():f}% tolerance; "
+                "a protocol deviation was recorded.",
+            )
+    outside = infusion.protocoldeviation_set.filter(
+        voided_at__isnull=True, system_detected=True, category=ProtocolDeviation.Category.RELEASE
+    )
+    if outside.exists():
+        messages.warning(request, "Outside the release criteria, as you confirmed: a protocol deviation was recorded.")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def infusion_correct(request, pk: int):
+    infusion = selectors.infusion_get(user=request.user, pk=pk, write=True)
+    participant = infusion.participant
+    form = forms.InfusionCorrectForm(request.POST or None, initial=forms.InfusionCorrectForm.initial_for(infusion))
+    if request.method == "POST" and form.is_valid():
+        corrected = web.submit(
+            request,
+            form,
+            services.infusion_correct,
+            infusion=infusion,
+            reason=form.cleaned_data["reason"],
+            expected_version=form.cleaned_data["version"],
+            **form.service_kwargs(),
+        )
+        if corrected is not None:
+            _infusion_messages(request, participant, corrected, f"Infusion {corrected.number} corrected")
+            return redirect(_participant_url(participant, "infusion"))
+    return _form_page(
+        request,
+        participant,
+        form,
+        title=f"Correct infusion {infusion.number}",
+        submit="Save correction",
+        intro="The change is kept in the audit trail with your reason; if day 0 moves, the visit windows move too.",
+        template="trials/infusion_form.html",
+        cohort=infusion.cohort,
     )
 
 

@@ -93,7 +93,12 @@ def test_it_refuses_a_date_of_death_in_the_future(participant, coordinator_site_
     with pytest.raises(RuleViolation) as exc:
         _dispose(participant, coordinator_site_a, "death", CLINICAL_TODAY, death_date=CLINICAL_TODAY + dt.timedelta(1))
 
-    assert exc.value.message_dict == {"death_date": ["Date of death 2025-06-03 is in the future."]}
+    assert exc.value.message_dict == {
+        "death_date": [
+            "Date of death 2025-06-03 is in the future.",
+            "The date of death cannot follow the disposition date.",
+        ]
+    }
     assert row_counts() == before
     _assert_still_in_follow_up(participant)
 

@@ -89,7 +89,11 @@ def test_it_refuses_enrolment_without_consent(study, sites, coordinator_site_a, 
     with pytest.raises(RuleViolation) as exc:
         _enrol(participant, coordinator_site_a)
 
-    assert exc.value.message_dict == {"enrolment_date": ["S01-0001 has not consented: no enrolment before consent."]}
+    # Every problem at once: no consent, and the eligibility that could not be assessed without it.
+    assert exc.value.message_dict == {
+        "enrolment_date": ["S01-0001 has not consented: no enrolment before consent."],
+        "__all__": ["S01-0001 is not eligible: Exclusion 1 is not answered; Inclusion 1 is not answered."],
+    }
     assert row_counts() == before
     _assert_still_screening(participant)
 

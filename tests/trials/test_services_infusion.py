@@ -123,7 +123,7 @@ REFUSALS = [
         {
             "start_at": dt.datetime(2025, 1, 12, 23, 0, tzinfo=dt.UTC),
             "end_at": dt.datetime(2025, 1, 12, 23, 45, tzinfo=dt.UTC),
-            "apheresis_date": dt.date(2025, 1, 1),
+            "apheresis_date": dt.date(2025, 1, 7),
         },
         "start_at",
         "The infusion cannot precede enrolment (2025-01-13).",
@@ -136,7 +136,10 @@ REFUSALS = [
             "apheresis_date": dt.date(2025, 1, 1),
         },
         "start_at",
-        "The infusion date 2025-01-05 is before consent on 2025-01-06.",
+        {
+            "start_at": ["The infusion date 2025-01-05 is before consent on 2025-01-06."],
+            "apheresis_date": ["The apheresis date 2025-01-01 is before consent on 2025-01-06."],
+        },
         id="before-consent",
     ),
     pytest.param(
@@ -184,7 +187,7 @@ def test_it_refuses_an_implausible_infusion(study, sites, coordinator_site_a, ro
     with pytest.raises(RuleViolation) as exc:
         _infuse(participant, coordinator_site_a, start=DAY0, **overrides)
 
-    assert exc.value.message_dict == {field: [message]}
+    assert exc.value.message_dict == (message if isinstance(message, dict) else {field: [message]})
     assert row_counts() == before
     _assert_not_infused(participant)
 
@@ -193,7 +196,7 @@ def test_it_refuses_an_implausible_infusion(study, sites, coordinator_site_a, ro
     "overrides",
     [
         pytest.param({"viability_pct": Decimal("100")}, id="viability-100"),
-        pytest.param({"viability_pct": Decimal("0.1")}, id="viability-0.1"),
+        pytest.param({"viability_pct": Decimal("70")}, id="viability-at-the-release-minimum"),
         pytest.param({"weight_kg": Decimal("20")}, id="weight-20"),
         pytest.param({"weight_kg": Decimal("250")}, id="weight-250"),
         pytest.param({"apheresis_date": dt.date(2025, 2, 3)}, id="apheresis-on-infusion-day"),
@@ -222,7 +225,10 @@ def test_it_refuses_an_infusion_that_starts_in_the_future(study, sites, coordina
     with pytest.raises(RuleViolation) as exc:
         _infuse(participant, coordinator_site_a, start=start)
 
-    assert exc.value.message_dict == {"start_at": ["Infusion start is in the future."]}
+    assert exc.value.message_dict == {
+        "start_at": ["Infusion start is in the future."],
+        "end_at": ["Infusion end is in the future."],
+    }
     assert row_counts() == before
     _assert_not_infused(participant)
 

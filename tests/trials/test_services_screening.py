@@ -105,25 +105,59 @@ def test_it_refuses_a_screening_date_in_the_future(study, sites, coordinator_sit
 
 
 @pytest.mark.parametrize(
-    ("birth_year", "age"),
-    [(2026, -1), (1914, 111), (1900, 125)],
-    ids=["born-after-screening", "aged-111", "aged-125"],
+    ("birth_year", "message"),
+    [
+        (2026, "Year of birth 2026 is after the screening date."),
+        (1923, "Year of birth 1923 gives an age of at least 101 at screening; the protocol allows at most 100."),
+        (1900, "Year of birth 1900 gives an age of at least 124 at screening; the protocol allows at most 100."),
+        (2008, "Year of birth 2008 gives an age of at most 17 at screening; the protocol needs 18 or older."),
+        (2025, "Year of birth 2025 gives an age of at most 0 at screening; the protocol needs 18 or older."),
+    ],
+    ids=["born-after-screening", "over-100", "aged-125", "aged-17", "aged-0"],
 )
-def test_it_refuses_an_implausible_year_of_birth(study, sites, coordinator_site_a, row_counts, birth_year, age):
+def test_it_refuses_a_year_of_birth_outside_the_protocols_age_range(
+    study, sites, coordinator_site_a, row_counts, birth_year, message
+):
     before = row_counts()
 
     with pytest.raises(RuleViolation) as exc:
         _screen(study, sites[0], coordinator_site_a, birth_year=birth_year, screening_date=dt.date(2025, 1, 6))
 
-    assert exc.value.message_dict == {"birth_year": [f"Year of birth {birth_year} gives an age of {age} at screening."]}
+    assert exc.value.message_dict == {"birth_year": [message]}
     assert row_counts() == before
 
 
-@pytest.mark.parametrize("birth_year", [1915, 2025], ids=["aged-110", "aged-0"])
-def test_it_accepts_the_oldest_and_youngest_plausible_ages(study, sites, coordinator_site_a, birth_year):
+@pytest.mark.parametrize("birth_year", [1925, 2007], ids=["aged-99-or-100", "aged-17-or-18"])
+def test_it_accepts_the_oldest_and_youngest_ages_the_protocol_allows(study, sites, coordinator_site_a, birth_year):
     participant = _screen(study, sites[0], coordinator_site_a, birth_year=birth_year)
 
     assert participant.birth_year == birth_year
+
+
+def test_a_paediatric_protocol_screens_a_child(study, sites, coordinator_site_a):
+    with admin_change("paediatric protocol: 8 to 16 years"):
+        Study.objects.filter(pk=study.pk).update(min_age_years=8, max_age_years=16)
+
+    participant = _screen(study, sites[0], coordinator_site_a, birth_year=2015)
+
+    assert participant.birth_year == 2015
+    with pytest.raises(RuleViolation, match="the protocol needs 8 or older"):
+        _screen(study, sites[0], coordinator_site_a, birth_year=2020)
+
+
+def test_it_refuses_a_screening_date_before_the_study_started(study, sites, coordinator_site_a, row_counts):
+    before = row_counts()
+
+    with pytest.raises(RuleViolation) as exc:
+        _screen(study, sites[0], coordinator_site_a, birth_year=1900, screening_date=dt.date(1928, 3, 1))
+
+    assert exc.value.message_dict == {
+        "screening_date": [
+            "The screening date 1928-03-01 is before the study started (its first consent form took effect on "
+            "2024-01-01)."
+        ]
+    }
+    assert row_counts() == before
 
 
 def test_a_refused_screening_does_not_use_up_a_subject_code(study, sites, coordinator_site_a):
@@ -232,7 +266,8 @@ def test_it_refuses_consent_dated_before_the_document_took_effect(
     assert exc.value.message_dict == {
         "consent_date": [
             "Version 2.0 only took effect on 2025-03-01; consent dated 2025-02-28 cannot be to it.",
-        ]
+        ],
+        "document": ["Version 1.0 was in force on 2025-02-28; consent must be to it, not to v2.0."],
     }
     assert row_counts() == before
 

@@ -569,6 +569,10 @@ def _write_pages(participant: Participant) -> list[tuple[str, dict]]:
         (_url("screen_failure", participant.pk), {"reason": "x"}),
         (_url("participant_enrol", participant.pk), {"enrolment_date": "2025-01-13"}),
         (_url("infusion_record", participant.pk), _infusion_post()),
+        (
+            _url("infusion_correct", participant.infusions.get().pk),
+            {**_infusion_post(), "reason": "x", "version": participant.infusions.get().version},
+        ),
         (_url("visit_add", participant.pk), {"kind": "safety", "actual_date": "2025-03-01", "reason": "x"}),
         (_url("relapse_record", participant.pk), {"onset_date": "2025-02-20"}),
         (
