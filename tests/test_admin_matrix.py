@@ -91,6 +91,7 @@ VIEW = "view"  # 200, read-only
 EDIT = "edit"  # 200 with a save button
 REFUSED = "refused"  # a POST answered with the form and its errors
 SAVED = "saved"  # a POST that was accepted (302 elsewhere than the index or the sign-in page)
+STAYS = "stays"  # refused, or saved with the fields clinical data use kept: the row stays in its study
 
 
 def test_every_registered_admin_is_in_the_matrix():
@@ -285,9 +286,9 @@ def expected(persona: str, kind: str, label: str, target: str, action: str) -> s
             return MISSING
         if action == "change":
             return EDIT
-        # Own rows: moving one into a study they do not manage is refused; the study and the site
-        # themselves are edited normally.
-        return SAVED if label in ("trials.study", "trials.site") else REFUSED
+        # Own rows: moving one into a study they do not manage is refused (or, once clinical data use
+        # the row, the study field is frozen); the study and the site themselves are edited normally.
+        return SAVED if label in ("trials.study", "trials.site") else STAYS
     if kind == "casebook":
         if sa:
             return FORBIDDEN
@@ -410,8 +411,8 @@ class Matrix:
         self.deviations: list[str] = []
         self.cases = 0
 
-    def check(self, label: str, target: str, action: str, want: str | None, response, post: bool) -> str:
-        got = _answer(response, post, listing=action == "changelist")
+    def check(self, label: str, target: str, action: str, want: str | None, response, post: bool, got=None) -> str:
+        got = got or _answer(response, post, listing=action == "changelist")
         self.cases += want is not None
         if want is not None and got != want:
             self.deviations.append(f"{self.persona} {action} {label} [{target}]: got {got}, expected {want}")
@@ -429,7 +430,7 @@ class Matrix:
             if hidden and link in response.content.decode():
                 self.deviations.append(f"{self.persona} changelist {label} lists another study's row {link}")
 
-    def post(self, model, kind, target, action, url, data):
+    def post(self, model, kind, target, action, url, data, obj=None):
         label = model._meta.label_lower
         want = expected(self.persona, kind, label, target, action)
         if want is None:
@@ -438,9 +439,12 @@ class Matrix:
         try:
             before = _snapshot(model)
             response = self.client.post(url, data)
-            got = self.check(label, target, action, want, response, post=True)
+            answer = got = _answer(response, post=True)
+            if want == STAYS and got in (SAVED, REFUSED):
+                got = STAYS if model.objects.filter(pk=obj.pk, study_id=obj.study_id).exists() else "moved"
+            got = self.check(label, target, action, want, response, post=True, got=got)
             after = _snapshot(model)
-            if got != SAVED and after != before:
+            if answer != SAVED and after != before:
                 changed = sorted(k for k in before if before[k] != after[k])
                 self.deviations.append(f"{self.persona} {action} {label} [{target}] was refused but changed {changed}")
             if got == SAVED:
@@ -550,7 +554,7 @@ def test_the_admin_matrix_holds_for_every_role(world, persona):
             change = _url(model, "change", _object_id(model, obj))
             matrix.get(model, kind, target_name, "change", change)
             data = _widening(model, kind, target_name, obj, world, matrix.form_data(change), persona)
-            matrix.post(model, kind, target_name, "post", change, data)
+            matrix.post(model, kind, target_name, "post", change, data, obj=obj)
             if kind == "account":
                 reset = _url(model, "password_change", obj.pk)
                 matrix.get(model, kind, target_name, "password", reset)
