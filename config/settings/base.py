@@ -257,12 +257,16 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 45 * 60, minimum=CELERY_TASK_TIME_LIMIT + 60),
-    # A broker that is down must not hold a web request: connecting gives up after a second, and
-    # the message waits in the outbox for the relay (analytics/outbox.py, docs/reliability.md #34-35).
+    # A broker that is down must not hold a web request: connecting gives up after a second, a
+    # broker that accepts but does not answer after two (kombu waits forever by default), and the
+    # message waits in the outbox for the relay (analytics/outbox.py, docs/reliability.md #34-35).
+    # Consumers are not affected: BRPOP answers within a second on a live broker.
     "socket_connect_timeout": 1,
+    "socket_timeout": 2,
 }
 CELERY_BROKER_CONNECTION_TIMEOUT = 1
-CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+# One attempt: each outbox publish opens a fresh connection, and the relay retries what failed.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 0}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A running analysis touches its heartbeat at least this often; one silent for the stale bound is
 # re-queued by beat (analytics/job_recovery.py). The bound must leave room for missed beats.

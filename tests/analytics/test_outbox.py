@@ -6,7 +6,10 @@ URL nobody listens on, then the tests' Redis (no worker: the published message i
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
+import threading
 import time
 
 import pytest
@@ -130,6 +133,48 @@ class TestDeadBroker:
         assert "Waiting for the task queue" in content
 
 
+@pytest.fixture
+def silent_broker():
+    """A "Redis" that accepts connections and never answers (a hung server, a half-open link): kombu
+    would wait on it forever without a socket timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    accepted, stop = [], threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    saved = _point_celery_at(f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+    yield accepted
+    _restore_celery(saved)
+    stop.set()
+    thread.join(timeout=5)
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+def test_a_broker_that_never_answers_costs_a_request_seconds_not_forever(
+    bare, silent_broker, django_capture_on_commit_callbacks
+):
+    started = time.monotonic()
+    with django_capture_on_commit_callbacks(execute=True):
+        job = services.analysis_request(actor=bare.statistician, data_cut=bare.cut, spec={})
+    elapsed = time.monotonic() - started
+
+    assert silent_broker  # the request did reach the hung server
+    assert elapsed < 5, elapsed
+    row = TaskOutbox.objects.get(job=job)
+    assert row.sent_at is None
+    assert "Timeout" in row.error
+
+
 class TestRelay:
     def test_once_the_broker_is_back_the_relay_publishes_what_waited(
         self, bare, live_broker, django_capture_on_commit_callbacks
@@ -187,4 +232,5 @@ def test_the_relay_and_the_stale_job_check_run_on_beat():
     assert schedule["analytics.requeue_stale_jobs"]["schedule"].total_seconds() <= 60
     assert {"analytics.outbox_relay", "analytics.requeue_stale_jobs"} <= set(app.tasks)
     assert settings.CELERY_BROKER_CONNECTION_TIMEOUT <= 1
-    assert settings.CELERY_TASK_PUBLISH_RETRY_POLICY["max_retries"] <= 1
+    assert settings.CELERY_TASK_PUBLISH_RETRY_POLICY["max_retries"] == 0
+    assert settings.CELERY_BROKER_TRANSPORT_OPTIONS["socket_timeout"] <= 2
