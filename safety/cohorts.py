@@ -27,9 +27,8 @@ class CohortKind(StrEnum):
 
 
 def is_placebo(cohort: DoseCohort) -> bool:
-    """The planned dose is zero cells (per kg or in total, whichever the cohort is planned by)."""
-    planned = [value for value in (cohort.planned_cells_per_kg, cohort.planned_total_cells) if value is not None]
-    return bool(planned) and all(Decimal(value) == 0 for value in planned)
+    """The planned dose is zero cells (the study build's own definition)."""
+    return cohort.is_placebo
 
 
 def cohort_kind(cohort: DoseCohort, *, treated: int = 0, rules: Mapping[str, Any] | None = None) -> CohortKind:

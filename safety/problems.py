@@ -28,9 +28,10 @@ from safety.models import (
     StudySafetyProfile,
 )
 from safety.rules_data import InputError, get_rules
+from trials import rules
 from trials.errors import ConflictError, LockedError, RuleViolation
+from trials.guards import clinical_today, first_consent, first_infusion, require_role
 from trials.models import DATA_ENTRY_ROLES, Disposition, Participant, Study
-from trials.services import _first_consent, _first_infusion, _require_role, clinical_today
 from trials.text import NAME_MAX, NARRATIVE_MAX, REASON_MAX, clean_identifier, clean_text
 
 # Free-text bounds of the safety records (characters, after NFC normalisation).
@@ -48,21 +49,16 @@ TEXT_BOUNDS = {
 }
 
 
-class Problems:
-    """Field messages gathered while checking one write; ``raise_if_any`` refuses it with all of them."""
-
-    def __init__(self) -> None:
-        self._messages: dict[str, list[str]] = {}
-
-    def add(self, field: str, message: str) -> None:
-        messages = self._messages.setdefault(field, [])
-        if message not in messages:
-            messages.append(message)
+class Problems(rules.Problems):
+    """The casebook's problem collector (``trials.rules.Problems``) with what the safety services
+    also need: renamed engine fields, a block whose refusal is kept, and text cleaning."""
 
     def merge(self, error: ValidationError | Mapping[str, Any], fields: Mapping[str, str] | None = None) -> None:
         """Add a refusal's messages (a ``ValidationError`` or a ``{field: message(s)}`` mapping);
         ``fields`` renames fields, e.g. an engine's input name to the form field."""
         if isinstance(error, ValidationError):
+            if isinstance(error, ConflictError | LockedError):
+                raise error  # not something the form can fix
             mapping: Mapping[str, Any] = (
                 error.message_dict if hasattr(error, "error_dict") else {NON_FIELD_ERRORS: error.messages}
             )
@@ -74,25 +70,21 @@ class Problems:
 
     @contextmanager
     def collect(self, fields: Mapping[str, str] | None = None) -> Iterator[None]:
-        """Record a refusal raised inside the block instead of letting it end the checks. A stale
-        version or a lock is not a field problem: it still ends the call at once."""
+        """Record a refusal raised inside the block (a ``RuleViolation`` or an engine's
+        ``InputError``) instead of letting it end the checks. A stale version or a lock is not a
+        field problem: it still ends the call at once."""
         try:
             yield
-        except (ConflictError, LockedError):
-            raise
         except RuleViolation as error:
             self.merge(error, fields)
         except InputError as error:
             self.add((fields or {}).get(error.field, error.field), error.message)
 
     def has(self, field: str) -> bool:
-        return field in self._messages
-
-    def __bool__(self) -> bool:
-        return bool(self._messages)
+        return field in self
 
     def as_dict(self) -> dict[str, list[str]]:
-        return {field: list(messages) for field, messages in self._messages.items()}
+        return {field: list(messages) for field, messages in self.errors.items()}
 
     def text(self, field: str, value: Any, *, label: str, required: str = "", single_line: bool = False) -> str:
         """``value`` as it will be stored (NFC, stripped), or "" with the problem recorded.
@@ -106,10 +98,6 @@ class Problems:
         if not text and required:
             self.add(field, required)
         return text
-
-    def raise_if_any(self) -> None:
-        if self._messages:
-            raise RuleViolation(self.as_dict())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +155,7 @@ def _clean_entered_fields(ae: AdverseEvent, profile: StudySafetyProfile, problem
 
 def _check_rules(ae: AdverseEvent, participant: Participant, profile: StudySafetyProfile, problems: Problems) -> None:
     """Every rule the AE breaks; derives ``treatment_emergent`` and the infusion link on the way."""
-    consent = _first_consent(participant)
+    consent = first_consent(participant)
     problems.merge(
         check_ae_consistency(
             AEFields(
@@ -237,7 +225,7 @@ def _check_rules(ae: AdverseEvent, participant: Participant, profile: StudySafet
 
 
 def _check_infusion(ae: AdverseEvent, participant: Participant, onset: PartialDate | None, problems: Problems) -> None:
-    infusion = _first_infusion(participant)
+    infusion = first_infusion(participant)
     ae.infusion = None
     ae.treatment_emergent = False
     if onset is not None and infusion is not None:
@@ -302,7 +290,7 @@ def adverse_event_problems(
     """What recording these AE fields (or, with ``adverse_event``, changing that AE to them) would be
     refused for, without saving anything. A page whose form already refused some fields shows these
     next to its own messages, so the user sees every problem in one answer."""
-    _require_role(
+    require_role(
         actor,
         study=participant.study,
         roles=set(DATA_ENTRY_ROLES),

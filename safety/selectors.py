@@ -1,7 +1,7 @@
 """Safety reads, scoped by the requesting user (docs/style.md §2).
 
 AE rows reach their site through the participant, so every AE queryset is filtered with the
-casebook's own scope (``trials.selectors._scope(..., prefix="participant__")``): a coordinator sees
+casebook's own scope (``trials.selectors.participant_scope(..., prefix="participant__")``): a coordinator sees
 their site, monitors their assigned sites, medical monitors and data managers every site of their
 studies. ``adverse_event_get`` is the one chokepoint for a single AE (404 outside the scope, 403 on
 a write for a read-only role); SAE cases and reports are fetched through it.
@@ -53,13 +53,13 @@ from safety.models import (
 )
 from safety.rules_data import InputError, get_rules
 from trials.models import SITE_BOUND_ROLES, Disposition, DoseCohort, Participant, Role, Study
-from trials.selectors import _memberships, _scope, can_enter_data
+from trials.selectors import can_enter_data, memberships_in, participant_scope
 from trials.selectors import has_role as trials_has_role
 
 
 def adverse_event_list(*, user, study: Study | None = None, participant: Participant | None = None) -> QuerySet:
     """The AEs ``user`` may read (voided ones included: the pages mark them)."""
-    qs = AdverseEvent.objects.filter(_scope(user, write=False, prefix="participant__")).select_related(
+    qs = AdverseEvent.objects.filter(participant_scope(user, prefix="participant__")).select_related(
         "participant__study", "participant__site", "participant__cohort", "ctcae_term"
     )
     if study is not None:
@@ -72,7 +72,7 @@ def adverse_event_list(*, user, study: Study | None = None, participant: Partici
 def adverse_event_get(*, user, pk: int, write: bool = False) -> AdverseEvent:
     """The access chokepoint for an AE (and its CRS/ICANS assessments and SAE case)."""
     ae = (
-        AdverseEvent.objects.filter(_scope(user, write=False, prefix="participant__"), pk=pk)
+        AdverseEvent.objects.filter(participant_scope(user, prefix="participant__"), pk=pk)
         .select_related("participant__study", "participant__site", "participant__cohort", "ctcae_term")
         .first()
     )
@@ -115,8 +115,7 @@ def has_role(user, study: Study, roles: set[str]) -> bool:
 def is_study_wide(user, study: Study) -> bool:
     """Whether ``user`` sees every site of ``study`` (not a site-bound role, not user admin)."""
     return any(
-        m.study_id == study.pk and m.role not in SITE_BOUND_ROLES and m.role != Role.SPONSOR_ADMIN
-        for m in _memberships(user)
+        m.role not in SITE_BOUND_ROLES and m.role != Role.SPONSOR_ADMIN for m in memberships_in(user=user, study=study)
     )
 
 
@@ -133,7 +132,7 @@ def require_study_wide(user, study: Study) -> None:
 def sae_case_list(*, user, study: Study) -> QuerySet[SAECase]:
     return (
         SAECase.objects.filter(
-            _scope(user, write=False, prefix="adverse_event__participant__"),
+            participant_scope(user, prefix="adverse_event__participant__"),
             adverse_event__participant__study=study,
             adverse_event__voided_at=None,
         )
@@ -148,7 +147,7 @@ def sae_case_list(*, user, study: Study) -> QuerySet[SAECase]:
 
 def report_list(*, user, study: Study, status: str | None = None) -> QuerySet[ExpeditedReport]:
     qs = ExpeditedReport.objects.filter(
-        _scope(user, write=False, prefix="case__adverse_event__participant__"),
+        participant_scope(user, prefix="case__adverse_event__participant__"),
         case__adverse_event__participant__study=study,
         case__adverse_event__voided_at=None,
         voided_at=None,
@@ -180,7 +179,7 @@ def report_rows(reports, *, now: dt.datetime) -> list[ReportRow]:
 def notifications_recent(*, user, study: Study, limit: int = 20) -> list[Notification]:
     return list(
         Notification.objects.filter(
-            _scope(user, write=False, prefix="report__case__adverse_event__participant__"),
+            participant_scope(user, prefix="report__case__adverse_event__participant__"),
             report__case__adverse_event__participant__study=study,
         )
         .select_related("report__case")

@@ -64,13 +64,8 @@ from safety.problems import (
 from safety.rules_data import InputError, get_rules
 from trials.audit import audit_context
 from trials.errors import ConflictError, RuleViolation
+from trials.guards import check_password, ensure_writable, require_role, save_validated
 from trials.models import DATA_ENTRY_ROLES, Participant, Role, Study, StudyMembership
-from trials.services import (
-    _check_password,
-    _ensure_writable,
-    _require_role,
-    _save,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +89,11 @@ def _lock_participant(participant: Participant) -> Participant:
 
 
 def _require_data_entry(actor, participant: Participant, action: str) -> None:
-    _require_role(actor, study=participant.study, roles=set(DATA_ENTRY_ROLES), site=participant.site, action=action)
+    require_role(actor, study=participant.study, roles=set(DATA_ENTRY_ROLES), site=participant.site, action=action)
 
 
 def _require_medical_monitor(actor, study: Study, action: str) -> None:
-    _require_role(actor, study=study, roles={Role.MEDICAL_MONITOR}, action=action)
+    require_role(actor, study=study, roles={Role.MEDICAL_MONITOR}, action=action)
 
 
 def _check_version(current: Model, expected_version: int | None) -> None:
@@ -184,7 +179,7 @@ def adverse_event_record(
     AEs are collected from consent onwards, also after disposition (safety follow-up).
     """
     participant = _lock_participant(participant)
-    _ensure_writable(participant)
+    ensure_writable(participant)
     _require_data_entry(actor, participant, "record adverse events")
     profile = safety_profile(participant.study)
     ae = AdverseEvent(
@@ -217,7 +212,7 @@ def adverse_event_record(
     last = AdverseEvent.objects.filter(participant=participant).aggregate(n=Max("sequence"))["n"] or 0
     ae.sequence = last + 1
     with audit_context(actor=actor, channel=channel):
-        _save(ae)
+        save_validated(ae)
         if ae.serious:
             _sae_open(ae)
     return ae
@@ -240,7 +235,7 @@ def adverse_event_update(
     if unknown:
         raise RuleViolation({"__all__": f"These fields cannot be changed here: {', '.join(unknown)}."})
     participant = _lock_participant(Participant(pk=adverse_event.participant_id))
-    _ensure_writable(participant)
+    ensure_writable(participant)
     _require_data_entry(actor, participant, "change adverse events")
     current = AdverseEvent.objects.select_for_update().select_related("ctcae_term").get(pk=adverse_event.pk)
     if current.voided_at is not None:
@@ -264,7 +259,7 @@ def adverse_event_update(
     problems.raise_if_any()
     current.version += 1
     with audit_context(actor=actor, reason=reason, channel=channel):
-        _save(current)
+        save_validated(current)
         if current.serious and not was_serious:
             _sae_open(current)
     return current
@@ -286,7 +281,7 @@ _GRADED_CATEGORY = {CRSAssessment: AECategory.CRS, ICANSAssessment: AECategory.I
 
 def _assessment_context(actor, adverse_event: AdverseEvent, model, assessed_at: dt.datetime, problems: Problems):
     participant = _lock_participant(Participant(pk=adverse_event.participant_id))
-    _ensure_writable(participant)
+    ensure_writable(participant)
     _require_data_entry(actor, participant, "grade adverse events")
     ae = AdverseEvent.objects.select_for_update().select_related("ctcae_term").get(pk=adverse_event.pk)
     if ae.voided_at is not None:
@@ -350,12 +345,12 @@ def _regrade(
 
 def _save_assessment(actor, assessment, ae: AdverseEvent, old_grade: int | None, channel: str) -> None:
     with audit_context(actor=actor, channel=channel):
-        _save(assessment)
+        save_validated(assessment)
     if old_grade is not None:
         ae.version += 1
         reason = f"grade {old_grade} -> {ae.grade} computed by {assessment.scale} ({assessment.rule_version})"
         with audit_context(actor=actor, reason=reason, channel=channel):
-            _save(ae)
+            save_validated(ae)
 
 
 _CRS_FIELDS = {"vasopressors_excluding_vasopressin": "vasopressors"}
@@ -629,7 +624,7 @@ def _report_from_clock(case: SAECase, kind: str, clock, recipient: str, case_ver
         time_zone=str(clock.tz) if clock.calendar_days else "UTC",
         rule_version=clock.rule_version,
     )
-    _save(report)
+    save_validated(report)
     return report
 
 
@@ -642,7 +637,7 @@ def _sae_open(ae: AdverseEvent) -> SAECase:
         case_number=f"{participant.study.code}-{participant.subject_code}-AE{ae.sequence:03d}".upper(),
         site_aware_at=ae.site_aware_at,
     )
-    _save(case)
+    save_validated(case)
     clock = site_report_clock(ae.site_aware_at, rules=_clock_rules(participant.study))
     _report_from_clock(case, ReportKind.SITE_24H, clock, recipient="Sponsor (safety desk)")
     return case
@@ -688,7 +683,7 @@ def sae_report_to_sponsor(*, actor, case: SAECase, narrative: str, channel: str 
     """The site sends the initial SAE report: stops the 24 h clock (on time or late) and is the
     sponsor's first receipt of the minimum information, Day 0 of the regulatory clock."""
     case, participant = _lock_case(case)
-    _ensure_writable(participant)
+    ensure_writable(participant)
     _require_data_entry(actor, participant, "report SAEs")
     if case.sponsor_received_at is not None:
         raise RuleViolation("The initial report was already sent; send a follow-up with the new information.")
@@ -714,8 +709,8 @@ def sae_report_to_sponsor(*, actor, case: SAECase, narrative: str, channel: str 
     case.sponsor_received_at = now
     case.version += 1
     with audit_context(actor=actor, reason="initial SAE report sent to the sponsor", channel=channel):
-        _save(version)
-        _save(case)
+        save_validated(version)
+        save_validated(case)
         for report in ExpeditedReport.objects.select_for_update().filter(
             case=case, kind=ReportKind.SITE_24H, status=ExpeditedReport.Status.PENDING
         ):
@@ -730,7 +725,7 @@ def _mark_submitted(report: ExpeditedReport, *, actor, submitted_at: dt.datetime
     report.days_late = lateness_days(report.clock, submitted_at)
     report.acknowledgement = acknowledgement
     report.version += 1
-    _save(report)
+    save_validated(report)
 
 
 _INITIAL_SUSAR_KINDS = (ReportKind.SEVEN_DAY, ReportKind.FIFTEEN_DAY)
@@ -742,7 +737,7 @@ def sae_follow_up_submit(*, actor, case: SAECase, narrative: str, channel: str =
     become fatal or life-threatening a new 7-day clock starts from today (EU CTR Art 42); when the
     initial SUSAR report has gone out, a 15-day follow-up report is due (21 CFR 312.32(d))."""
     case, participant = _lock_case(case)
-    _ensure_writable(participant)
+    ensure_writable(participant)
     _require_data_entry(actor, participant, "report SAEs")
     previous = case.versions.order_by("-number").first()
     if previous is None:
@@ -768,8 +763,8 @@ def sae_follow_up_submit(*, actor, case: SAECase, narrative: str, channel: str =
     tz = ZoneInfo(safety_profile(participant.study).sponsor_time_zone)
     case.version += 1
     with audit_context(actor=actor, reason=f"SAE follow-up {version.number} sent to the sponsor", channel=channel):
-        _save(version)
-        _save(case)
+        save_validated(version)
+        save_validated(case)
         fifteen = reports.get(ReportKind.FIFTEEN_DAY)
         if upgraded and fifteen is not None and fifteen.status != ExpeditedReport.Status.CANCELLED:
             clock = upgrade_clock(upgrade_known_at=now, sponsor_tz=tz, rules=rules)
@@ -887,7 +882,7 @@ def sae_sponsor_assess(
     case.susar_reason = susar.reason
     case.version += 1
     with audit_context(actor=actor, reason=reason or "sponsor assessment", channel=channel):
-        _save(case)
+        save_validated(case)
         open_reports = case.reports.select_for_update().exclude(kind=ReportKind.SITE_24H)
         live_initial = open_reports.filter(kind__in=_INITIAL_SUSAR_KINDS).exclude(
             status=ExpeditedReport.Status.CANCELLED
@@ -913,7 +908,7 @@ def sae_sponsor_assess(
                 report.status = ExpeditedReport.Status.CANCELLED
                 report.note = f"Not a SUSAR after the sponsor assessment of {now:%Y-%m-%d %H:%M} UTC ({susar.reason})."
                 report.version += 1
-                _save(report)
+                save_validated(report)
     return case
 
 
@@ -928,7 +923,7 @@ def _reinstate(report: ExpeditedReport, clock, now: dt.datetime) -> None:
     report.time_zone, report.rule_version = str(clock.tz), clock.rule_version
     report.note = f"Due again: a SUSAR after the sponsor re-assessment of {now:%Y-%m-%d %H:%M} UTC."
     report.version += 1
-    _save(report)
+    save_validated(report)
 
 
 @transaction.atomic(durable=True)
@@ -1115,7 +1110,7 @@ def dlt_definition_create(
     *, actor, study: Study, config: Mapping[str, Any], effective_from: dt.date, reason: str, channel: str = "web"
 ) -> DLTDefinition:
     """A new version of the study's DLT definition and stopping rule (versions are never edited)."""
-    _require_role(actor, study=study, roles={Role.DATA_MANAGER, Role.MEDICAL_MONITOR}, action="define DLTs")
+    require_role(actor, study=study, roles={Role.DATA_MANAGER, Role.MEDICAL_MONITOR}, action="define DLTs")
     problems = Problems()
     reason = problems.text(
         "reason",
@@ -1144,7 +1139,7 @@ def dlt_definition_create(
         reason=reason,
     )
     with audit_context(actor=actor, reason=reason, channel=channel):
-        _save(definition)
+        save_validated(definition)
     return definition
 
 
@@ -1194,7 +1189,7 @@ def dlt_adjudicate(
         reason = _reason(reason, problems)
     # The failed attempt must stay recorded, so the password check runs before the atomic block.
     with problems.collect():
-        _check_password(actor, password, request)
+        check_password(actor, password, request)
     problems.raise_if_any()
     with transaction.atomic(durable=True):
         participant = _lock_participant(participant)
@@ -1215,7 +1210,7 @@ def dlt_adjudicate(
         if existing is None:
             adjudication = DLTAdjudication(participant=participant, **values)
             with audit_context(actor=actor, reason="DLT adjudication", channel=channel):
-                _save(adjudication)
+                save_validated(adjudication)
             return adjudication
         _check_version(existing, expected_version)
         reason = _reason(reason, problems)  # a first decision may have been signed meanwhile
@@ -1224,5 +1219,5 @@ def dlt_adjudicate(
             setattr(existing, name, value)
         existing.version += 1
         with audit_context(actor=actor, reason=reason, channel=channel):
-            _save(existing)
+            save_validated(existing)
         return existing
