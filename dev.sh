@@ -120,13 +120,18 @@ cleanup() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-demo() {
-  setup
+demo_environment() {
   # The pages users see: Tolerance's own error pages, not Django's debug pages (DJANGO_DEBUG=True for those).
   export DJANGO_DEBUG=${DJANGO_DEBUG:-False}
+  # The embedded PostgreSQL this demo uses, stopped when it exits (cleanup).
   if [ -z "${DATABASE_URL:-}" ]; then
     EMBEDDED_PGDATA=${TOLERANCE_PGDATA:-$PWD/.pgdata}
   fi
+}
+
+demo() {
+  setup
+  demo_environment
   local log server
   log=$(mktemp "${TMPDIR:-/tmp}/tolerance-demo.XXXXXX")
   echo "Building the demo trial: migrate and seed three studies (a few minutes the first time; details in $log)..."

@@ -139,6 +139,29 @@ def test_the_embedded_postgresql_is_quiet_and_the_demo_stops_it():
         shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
+def test_the_demo_shows_the_pages_users_see_and_owns_its_embedded_postgresql(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_DEBUG")}
+    environment["TOLERANCE_PGDATA"] = str(tmp_path / "pgdata")
+    result = subprocess.run(  # noqa: S603 - fixed command line
+        ["bash", "-c", f'source {DEV_SH}\ndemo_environment\necho "$DJANGO_DEBUG $EMBEDDED_PGDATA"'],  # noqa: S607
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.stdout.split() == ["False", str(tmp_path / "pgdata")]
+    # With a database server the demo stops nothing on exit.
+    environment["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/demo"
+    result = subprocess.run(  # noqa: S603 - fixed command line
+        ["bash", "-c", f'source {DEV_SH}\ndemo_environment\necho "[$EMBEDDED_PGDATA]"'],  # noqa: S607
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.stdout.strip() == "[]"
+
+
 def test_the_license_is_an_spdx_expression_not_a_deprecated_table():
     project = tomllib.loads((BASE_DIR / "pyproject.toml").read_text())["project"]
     assert project["license"] == "Apache-2.0"

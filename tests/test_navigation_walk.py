@@ -198,6 +198,16 @@ def test_the_header_offers_dose_escalation_only_to_study_wide_roles(client, peop
         assert "Dose escalation" in client.get(url).content.decode(), role
 
 
+def test_an_unknown_address_answers_tolerances_own_not_found_page(client, people):
+    client.force_login(people["users"]["sponsor_admin"])
+    response = client.get("/studies/no-such-study/participants/")
+    assert response.status_code == 404
+    page = response.content.decode()
+    assert "This page does not exist, or it is outside the studies and sites you work on." in page
+    assert "Back to the start page" in page
+    assert "URLconf" not in page  # never Django's debug list of URL patterns
+
+
 def test_a_user_without_a_role_sees_that_and_nothing_to_open(client, people):
     client.force_login(people["users"]["no_role"])
     visited, problems = walk(client)

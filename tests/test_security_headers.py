@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 
 from config.security import permissions_policy
+from tests.test_access_matrix import world  # noqa: F401 - a study with an analysis and its plots
 
 BASE_DIR = Path(settings.BASE_DIR)
 
@@ -95,3 +96,36 @@ def test_no_template_has_inline_script_or_style():
         ):
             offending += [f"{template.relative_to(BASE_DIR)}: {m.group(0)}" for m in re.finditer(pattern, text)]
     assert offending == []
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_swagger_ui_htmx_and_the_plots_work_under_the_policy_in_chromium(live_server, world):  # noqa: F811
+    """In a real browser: no CSP violation on the pages with the most moving parts, and they still
+    work (Swagger UI lists the API, the plots are drawn, htmx is loaded)."""
+    from playwright.sync_api import expect
+
+    from tests.browser.conftest import chromium_page
+
+    violations: list[str] = []
+    with chromium_page() as page:
+        page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+        page.goto(f"{live_server.url}/login/")
+        page.fill("#id_username", "stats")
+        page.fill("#id_password", "correct-horse-battery")
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_load_state("networkidle")
+
+        page.goto(f"{live_server.url}/studies/{world['study'].code}/participants/")
+        assert page.evaluate("typeof window.htmx") == "object"
+
+        page.goto(f"{live_server.url}/analytics/jobs/{world['analysis'].pk}/")
+        expect(page.locator(".plots img").first).to_be_visible()
+        widths = page.evaluate("Array.from(document.querySelectorAll('.plots img')).map(i => i.naturalWidth)")
+        assert len(widths) >= 2
+        assert all(width > 0 for width in widths), widths
+
+        page.goto(f"{live_server.url}/api/v1/docs/")
+        expect(page.locator(".opblock-tag").first).to_be_visible(timeout=20_000)
+        expect(page.get_by_text("/api/v1/participants/").first).to_be_visible()
+    assert violations == []
