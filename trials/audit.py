@@ -87,10 +87,12 @@ def audit_verify(*, using: str = "default") -> tuple[int, list[str]]:
 # Reading the audit trail: which events belong to a study or a casebook, and which fields they show
 # ---------------------------------------------------------------------------------------------
 
-# Audit rows that would reveal the randomized arm: never shown to blinded users (docs/reliability.md §0.4).
+# Audit rows that would reveal the randomized arm: never shown to blinded users (docs/reliability.md #23).
 BLINDED_MODELS = frozenset({"trials.randomizationslot"})
 # Bookkeeping that every save rewrites: the event's own time stands for them.
 _TIMESTAMP_FIELDS = frozenset({"created_at", "updated_at"})
+# Voiding comes last, after the record's own fields.
+_VOID_FIELDS = ("voided_at", "voided_by", "void_reason")
 _MAX_PATH = 5  # foreign-key hops from an audited record to its study (an expedited report needs 4)
 
 
@@ -110,7 +112,7 @@ def audit_fields(event_model) -> list:
         if field.name == "version" and not tracked._meta.get_field("version").editable:
             continue
         shown.append(field)
-    return shown
+    return sorted(shown, key=lambda f: f.name in _VOID_FIELDS)
 
 
 def _scoping_fields(model) -> list:

@@ -1,21 +1,22 @@
 """A study's whole audit trail as CSV, every audited table of every app: one line per event (who,
-when, why, which record of which subject) with the fields it changed as a JSON object
-``{"field": [old, new], ...}`` (on a record's creation, its filled fields with ``null`` as old).
+when, why, which record of which subject) with ``old`` and ``new`` as JSON objects of the fields the
+event changed (``{"actual_date": "2025-02-10"}`` -> ``{"actual_date": "2025-02-11"}``); a record's
+creation has its filled fields in ``new`` and no ``old``.
 
-One line per event, not per field: that is how the trail page groups them too, and a line per field
-repeats who-when-why for every field and makes the file several times larger than the events
-themselves, which alone keeps such an export far above the cost of reading the events.
+One line per event, not per field: the trail page groups them the same way, and a line per field
+repeats who-when-why for every field, which makes the file several times larger than the events
+themselves and alone keeps the export far above the cost of reading them.
 
 PostgreSQL writes the CSV itself (``COPY (...) TO STDOUT``): per event table, one query compares each
 event with the one before it for the same record (``lag`` over the record's events, in record order)
 and lists what changed; this process only forwards blocks of about ``BLOCK_BYTES``. Memory stays at
-one block whatever the study's size, and the time stays within a small factor of a plain ``COPY`` of
-the same events (``benchmarks/audit_export.py``). All tables are read in one REPEATABLE READ
-snapshot, so the export is consistent across tables even while data entry goes on.
+one block whatever the study's size, and the time stays within three times a plain ``COPY`` of the
+same events (``benchmarks/audit_export.py``). All tables are read in one REPEATABLE READ snapshot, so
+the export is consistent across tables even while data entry goes on.
 
 Which events belong to the study comes from ``trials.audit.scope_filter``: the chain of foreign keys
 from each audited model to the study (an expedited report: case -> adverse event -> participant ->
-study). Blinding applies: the allocation list is left out for blinded users (docs/reliability.md §3).
+study). Blinding applies: the allocation list is left out for blinded users (docs/reliability.md #23).
 Every text cell is neutralised against formula injection in SQL (``trials.csv_export``).
 """
 
@@ -43,10 +44,10 @@ COLUMNS = [
     "user_id",
     "reason",
     "channel",
-    "changes",
+    "old",
+    "new",
 ]
 BLOCK_BYTES = 256 * 1024
-_ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 
 
 def _compiled(queryset, cursor) -> str:
@@ -75,7 +76,7 @@ def _subject_join(event_model, study, cursor) -> tuple[str, str]:
     return join, "s.subject"
 
 
-def _where(event_model, filters: dict, cursor) -> str:
+def scope_condition(event_model, filters: dict, cursor) -> str:
     """``scope_filter``'s lookups (``column`` = id, or ``column__in`` = a subquery) as SQL on ``e``."""
     by_attname = {f.attname: f for f in event_model._meta.concrete_fields}
     conditions = []
@@ -88,6 +89,29 @@ def _where(event_model, filters: dict, cursor) -> str:
         else:
             conditions.append(f"{column_sql} = {int(value)}")
     return " AND ".join(conditions)
+
+
+def _json(field, expression: str) -> str:
+    """``expression`` (a value of ``field``) as JSON text. Numbers, booleans and dates are written
+    by their text form, which is already valid JSON (or needs only quotes): building JSON through
+    ``to_json`` costs several times more and would dominate the export."""
+    target = field.target_field if field.is_relation else field
+    if isinstance(target, models.IntegerField | models.DecimalField | models.BooleanField):
+        text = f"{expression}::text"
+    elif isinstance(target, models.DateField) and not isinstance(target, models.DateTimeField):
+        text = f"'\"' || {expression}::text || '\"'"
+    else:
+        text = f"to_json({expression})::text"
+    return f"coalesce({text}, 'null')" if field.null else text
+
+
+def _has_value(field, expression: str) -> str | None:
+    """SQL true when the field holds a value worth listing; None when it always does."""
+    if isinstance(field, ArrayField):
+        return f"coalesce(cardinality({expression}), 0) > 0"
+    if isinstance(field, models.CharField | models.TextField):
+        return f"coalesce({expression}, '') <> ''"
+    return f"{expression} IS NOT NULL" if field.null else None
 
 
 def _event_table_query(event_model, filters: dict, study, cursor) -> str:
@@ -104,32 +128,35 @@ def _event_table_query(event_model, filters: dict, study, cursor) -> str:
         f"e.{quote(f.column)} AS n{i}, lag(e.{quote(f.column)}) OVER w AS o{i}" for i, f in enumerate(fields)
     )
 
-    def has_value(i: int, f) -> str:
-        if isinstance(f, ArrayField):
-            return f"coalesce(cardinality(ev.n{i}), 0) > 0"
-        if isinstance(f, models.CharField | models.TextField):
-            return f"coalesce(ev.n{i}, '') <> ''"
-        return f"ev.n{i} IS NOT NULL"
+    def changed(side: str) -> str:
+        return ", ".join(
+            f"""CASE WHEN ev.o{i} IS DISTINCT FROM ev.n{i} THEN '"{f.name}": ' || {_json(f, f"ev.{side}{i}")} END"""
+            for i, f in enumerate(fields)
+        )
 
-    # A field is listed with [old, new] when it changed; on the record's first event when it has a
-    # value (or always, for a record whose first event is not its creation: it predates the audit).
-    changed = ", ".join(
-        f"""CASE WHEN ev.prev_id IS NULL
-                 THEN CASE WHEN ev.pgh_label <> 'insert' OR {has_value(i, f)}
-                           THEN '"{f.name}": [null, ' || coalesce(to_json(ev.n{i})::text, 'null') || ']' END
-                 WHEN ev.o{i} IS DISTINCT FROM ev.n{i}
-                 THEN '"{f.name}": [' || coalesce(to_json(ev.o{i})::text, 'null') || ', '
-                      || coalesce(to_json(ev.n{i})::text, 'null') || ']' END"""
-        for i, f in enumerate(fields)
+    def recorded() -> str:
+        """On a record's creation, the fields that have a value (as the trail page shows it); on the
+        first event of a record older than the audit, every field."""
+        items = []
+        for i, f in enumerate(fields):
+            item = f"""'"{f.name}": ' || {_json(f, f"ev.n{i}")}"""
+            condition = _has_value(f, f"ev.n{i}")
+            items.append(item if condition is None else f"CASE WHEN NOT ev.created OR {condition} THEN {item} END")
+        return ", ".join(items)
+
+    old = f"CASE WHEN ev.prev_id IS NOT NULL THEN '{{' || concat_ws(', ', {changed('o')}) || '}}' END"
+    new = (
+        f"'{{' || CASE WHEN ev.prev_id IS NULL THEN concat_ws(', ', {recorded()}) "
+        f"ELSE concat_ws(', ', {changed('n')}) END || '}}'"
     )
     return f"""
-        SELECT to_char(ev.pgh_created_at, '{_ISO_UTC}'), {sql.Literal(label).as_string(cursor.connection)},
+        SELECT ev.pgh_created_at, {sql.Literal(label).as_string(cursor.connection)},
                ev.pgh_obj_id, {sql_neutralised("ev.subject")}, ev.pgh_label,
-               {sql_neutralised("ev.username")}, ev.user_id, {sql_neutralised("ev.reason")},
-               {sql_neutralised("ev.channel")}, '{{' || concat_ws(', ', {changed}) || '}}'
+               {sql_neutralised("ev.username")}, {sql_neutralised("ev.user_id")}, {sql_neutralised("ev.reason")},
+               {sql_neutralised("ev.channel")}, {old}, {new}
         FROM (
             SELECT e.pgh_id, e.pgh_created_at, e.pgh_label, e.pgh_obj_id,
-                   lag(e.pgh_id) OVER w AS prev_id,
+                   lag(e.pgh_id) OVER w AS prev_id, e.pgh_label = 'insert' AS created,
                    {subject} AS subject,
                    c.metadata ->> 'username' AS username,
                    c.metadata ->> 'user' AS user_id,
@@ -139,7 +166,7 @@ def _event_table_query(event_model, filters: dict, study, cursor) -> str:
             FROM {quote(event_model._meta.db_table)} AS e
             LEFT JOIN pghistory_context AS c ON c.id = e.pgh_context_id
             {subject_join}
-            WHERE {_where(event_model, filters, cursor)}
+            WHERE {scope_condition(event_model, filters, cursor)}
             WINDOW w AS (PARTITION BY e.pgh_obj_id ORDER BY e.pgh_id)
         ) AS ev
         ORDER BY ev.pgh_obj_id, ev.pgh_id
@@ -161,6 +188,8 @@ def study_audit_csv(study, *, unblinded: bool, using: str = "default") -> Iterat
         # Canonical text for dates and times, whatever the server's or the session's defaults.
         cursor.execute("SET LOCAL DateStyle TO 'ISO, YMD'")
         cursor.execute("SET LOCAL TimeZone TO 'UTC'")
+        # Compiling these wide expressions costs more than it saves on a table's worth of rows.
+        cursor.execute("SET LOCAL jit TO off")
         block = bytearray()
         for event_model, filters in scoped_event_models(study, unblinded=unblinded):
             query = _event_table_query(event_model, filters, study, cursor)

@@ -3,7 +3,7 @@ the fields it changed, in the words and values of the forms, filtered and pagina
 
 The events come from every audited table of every app whose records hang from the participant
 (``trials.audit.scope_filter``: visits, assessments, adverse events, their CRS/ICANS grading, SAE
-cases, versions and expedited reports, ...). Blinding applies as everywhere (docs/reliability.md §3):
+cases, versions and expedited reports, ...). Blinding applies as everywhere (docs/reliability.md #23):
 the allocation list's events are read only for unblinded users, so nothing on the page can show the
 arm. The trail is computed with raw values, filtered and paginated; only the page shown is turned
 into labels (one query per related model on the page, never one per value).
@@ -33,10 +33,12 @@ _WORDS = {
     "capd": "CAPD",
     "crp": "CRP",
     "crs": "CRS",
+    "day0": "Day 0",
     "ctcae": "CTCAE",
     "dlt": "DLT",
     "edss": "EDSS",
     "esr": "ESR",
+    "eu": "EU",
     "gd": "Gd",
     "hba1c": "HbA1c",
     "icans": "ICANS",
@@ -49,6 +51,7 @@ _WORDS = {
     "mri": "MRI",
     "rsi": "RSI",
     "sae": "SAE",
+    "sap": "SAP",
     "susar": "SUSAR",
     "t2": "T2",
 }
@@ -98,7 +101,8 @@ class TrailEvent:
 # Units that automatic field names end with, as a form would write them.
 _UNITS = {
     " pct": " (%)",
-    " kg day": " (/kg/day)",
+    " u per kg day": " (U/kg/day)",
+    " per kg": " per kg",
     " kg": " (kg)",
     " ml": " (mL)",
     " l min": " (L/min)",

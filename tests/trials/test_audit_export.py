@@ -205,10 +205,14 @@ def test_a_line_lists_the_changed_fields_old_and_new_with_who_and_why(study, sit
     created, recorded, corrected = lines
     assert created["action"] == "insert"
     assert created["subject"] == participant.subject_code
-    assert "actual_date" not in json.loads(created["changes"])  # empty at creation
-    assert json.loads(created["changes"])["kind"] == [None, "scheduled"]
-    assert json.loads(recorded["changes"])["actual_date"] == [None, "2025-02-10"]
-    assert json.loads(corrected["changes"]) == {"actual_date": ["2025-02-10", "2025-02-11"]}
+    assert created["old"] == ""
+    assert "actual_date" not in json.loads(created["new"])  # empty at creation
+    assert json.loads(created["new"])["kind"] == "scheduled"
+    assert json.loads(created["new"])["planned_date"] == "2025-02-10"
+    assert json.loads(recorded["old"]) == {"actual_date": None}
+    assert json.loads(recorded["new"])["actual_date"] == "2025-02-10"
+    assert json.loads(corrected["old"]) == {"actual_date": "2025-02-10"}
+    assert json.loads(corrected["new"]) == {"actual_date": "2025-02-11"}
     assert corrected["reason"] == "source document says the 11th"
     assert (corrected["user"], corrected["user_id"]) == ("coord_a", str(coordinator_site_a.pk))
     assert dt.datetime.fromisoformat(corrected["at"]).utcoffset() == dt.timedelta(0)
