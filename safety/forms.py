@@ -23,6 +23,7 @@ from safety.models import (
 )
 from safety.problems import TEXT_BOUNDS
 from safety.rules_data import get_rules
+from trials.idempotency import IdempotencyTokenMixin
 from trials.text import FreeTextField, IdentifierField, PlainDecimalField
 
 CRITERIA_LABELS = {
@@ -123,7 +124,7 @@ class CTCAETermChoiceField(forms.ModelChoiceField):
         return f"{obj.term} — {obj.soc}"
 
 
-class AdverseEventForm(ZonedTimesMixin, VersionedEditMixin):
+class AdverseEventForm(IdempotencyTokenMixin, ZonedTimesMixin, VersionedEditMixin):
     """CDASH AE fields; the grade descriptions of the chosen CTCAE term are shown beside the grade."""
 
     zoned_fields = ("site_aware_at",)

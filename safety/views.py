@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from safety import forms, problems, selectors, services
 from safety.models import AECategory, CTCAETerm, DLTAdjudication, ExpeditedReport, SAECase
-from trials import web
+from trials import idempotency, web
 from trials.models import Role
 from trials.selectors import can_enter_data, participant_get, study_get
 
@@ -146,7 +146,11 @@ def ae_create(request, pk: int):
     if request.method == "POST" and not form.is_valid():
         _add_rule_problems(request, form, participant)
     elif request.method == "POST":
-        ae = web.submit(request, form, services.adverse_event_record, participant=participant, **form.service_kwargs())
+        # A second submission of the same form (double-click, resend) returns the first AE: one AE,
+        # one SAE case, one 24-hour report.
+        ae = idempotency.submit_once(
+            request, form, services.adverse_event_record, participant=participant, **form.service_kwargs()
+        )
         if ae is not None:
             messages.success(request, f"AE {ae.sequence} recorded: {ae.verbatim_term}, grade {ae.grade}.")
             _serious_message(request, ae)

@@ -13,6 +13,7 @@ from decimal import Decimal
 from django import forms
 from django.utils import timezone
 
+from trials.idempotency import IdempotencyTokenMixin
 from trials.models import (
     DiseaseAssessment,
     Disposition,
@@ -114,7 +115,7 @@ class ParticipantFilterForm(forms.Form):
 # ---------------------------------------------------------------------------------------------
 
 
-class ScreenForm(forms.Form):
+class ScreenForm(IdempotencyTokenMixin, forms.Form):
     site = forms.ModelChoiceField(label="Site", queryset=None, empty_label=None)
     sex = forms.ChoiceField(label="Sex", choices=Participant.Sex.choices)
     birth_year = forms.IntegerField(

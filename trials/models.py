@@ -14,6 +14,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -915,3 +916,34 @@ class EmergencyUnblinding(models.Model):
 
 # Kept in its own module (accounts, not casebook); imported here so Django registers it.
 from trials.account_events import AccountEvent  # noqa: E402, F401
+
+
+class IdempotencyRecord(models.Model):
+    """What a create did the first time its idempotency key was used (docs/reliability.md #38).
+
+    One row per (user, endpoint, key): a repeat of the request (a double-click, a client retry after
+    a timeout) gets the first answer back instead of creating a second record. A row without
+    ``completed_at`` is a claim: its request is running, or died before it finished. Not clinical
+    data and not audited; it only points at what the first request created.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    endpoint = models.CharField(
+        max_length=200, help_text="The operation and its URL object, e.g. api:participant-enrol:12"
+    )
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request body the key was first used with.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    result_type = models.CharField(max_length=100, blank=True, help_text="app_label.model of the record it made")
+    result_id = models.BigIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "endpoint", "key"], name="idempotency_key_once_per_user_endpoint"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} key {self.key[:12]} by user {self.user_id}"

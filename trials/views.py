@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods
 
-from trials import audit_trail, forms, selectors, services, web
+from trials import audit_trail, forms, idempotency, selectors, services, web
 from trials.audit_export import study_audit_csv
 from trials.csv_export import csv_response
 from trials.models import Indication, Participant, ParticipantStatus, ProtocolDeviation, Role, Signature, Visit
@@ -116,7 +116,10 @@ def participant_screen(request, study_code: str):
         raise PermissionDenied("Your role cannot screen participants in this study.")
     form = forms.ScreenForm(request.POST or None, sites=sites, initial={"screening_date": timezone.localdate()})
     if request.method == "POST" and form.is_valid():
-        participant = web.submit(request, form, services.participant_screen, study=study, **form.cleaned_data)
+        # A second submission of the same form (double-click, resend) returns the first participant.
+        participant = idempotency.submit_once(
+            request, form, services.participant_screen, study=study, **form.cleaned_data
+        )
         if participant is not None:
             messages.success(request, f"{participant.subject_code} registered for screening. Record consent next.")
             return redirect(_participant_url(participant))
