@@ -5,19 +5,24 @@ services decide, output serializers answer; every read goes through ``analytics.
   200 with the stored result when it has run).
 * ``GET /api/v1/analyses/`` and ``/api/v1/analyses/{id}/`` — status, progress and, once done, numbers.
 * ``GET /api/v1/data-cuts/`` (and ``POST`` to make one, ``GET /{id}/``) — the cuts with their manifests.
+
+Both lists filter by ``?study=<code>``; the shared strictness (ids, page size, unknown parameters,
+``Idempotency-Key``) is ``trials.rest``.
 """
 
 from __future__ import annotations
 
 from django.http import Http404
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.response import Response
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer
+from rest_framework import serializers, status
 
 from analytics import selectors, services
-from analytics.models import AnalysisJob
+from analytics.models import AnalysisJob, DataCut
+from trials.rest import PK_MAX, ApiViewSet, idempotent, parse_pk, respond, text_filter
 from trials.selectors import studies_visible_to
+from trials.text import IdentifierSerializerField
 
 # ---------------------------------------------------------------------------------------------
 # Output
@@ -94,17 +99,37 @@ class AnalysisDetailOutput(AnalysisJobOutput):
 # ---------------------------------------------------------------------------------------------
 
 
+@extend_schema_serializer(
+    examples=[OpenApiExample("Interim cut", value={"study": "treg-ms-01", "cut_date": "2025-06-30"}, request_only=True)]
+)
 class DataCutInput(serializers.Serializer):
-    study = serializers.CharField()
+    study = IdentifierSerializerField(required=True, allow_blank=False, max_length=32)
     cut_date = serializers.DateField()
-    label = serializers.CharField(required=False, allow_blank=True, default="", max_length=100)
+    label = IdentifierSerializerField(max_length=100, default="")
 
 
+def _scalar_options(spec: dict) -> None:
+    """Options are plain values; the service checks names and ranges (analytics/spec.py)."""
+    for name, value in spec.items():
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise serializers.ValidationError({name: ["Must be a string, a number, true/false or null."]})
+        if isinstance(value, str) and "\x00" in value:
+            raise serializers.ValidationError({name: ["Null characters are not allowed."]})
+
+
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Pooled time to relapse", value={"data_cut": 1, "spec": {"grouping": "pooled"}}, request_only=True
+        )
+    ]
+)
 class AnalysisRequestInput(serializers.Serializer):
-    data_cut = serializers.IntegerField()
+    data_cut = serializers.IntegerField(min_value=1, max_value=PK_MAX)
     spec = serializers.DictField(
         required=False,
         default=dict,
+        validators=[_scalar_options],
         help_text="endpoint (time_to_relapse | duration_of_remission), grouping (pooled | cohort | arm), "
         "ci_transform (log | log-log), horizon_days, alpha, seed",
     )
@@ -117,22 +142,41 @@ def _valid(serializer_class, request) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Endpoints
+# Filters and endpoints
 # ---------------------------------------------------------------------------------------------
 
 
-class DataCutViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
+class DataCutFilter(filters.FilterSet):
+    study = text_filter("study__code", max_length=32, help_text="Study code.")
+
+    class Meta:
+        model = DataCut
+        fields = ["study"]
+
+
+class AnalysisFilter(filters.FilterSet):
+    study = text_filter("data_cut__study__code", max_length=32, help_text="Study code.")
+
+    class Meta:
+        model = AnalysisJob
+        fields = ["study"]
+
+
+class DataCutViewSet(ApiViewSet):
     serializer_class = DataCutOutput
+    filterset_class = DataCutFilter
 
     def get_queryset(self):
-        study = self.request.query_params.get("study")
-        cuts = selectors.data_cut_list(user=self.request.user)
-        return cuts.filter(study__code=study) if study else cuts
+        return selectors.data_cut_list(user=self.request.user).order_by("pk")
+
+    def list(self, request):
+        return self.paginated(self.filter_queryset(self.get_queryset()), DataCutOutput)
 
     def retrieve(self, request, pk=None):
-        return Response(DataCutOutput(selectors.data_cut_get(user=request.user, pk=int(pk))).data)
+        return respond(selectors.data_cut_get(user=request.user, pk=parse_pk(pk)), DataCutOutput)
 
     @extend_schema(request=DataCutInput, responses={201: DataCutOutput})
+    @idempotent
     def create(self, request):
         data = _valid(DataCutInput, request)
         study = studies_visible_to(request.user).filter(code=data["study"]).first()
@@ -142,23 +186,26 @@ class DataCutViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
             actor=request.user, study=study, cut_date=data["cut_date"], label=data["label"], channel="api"
         )
         cut = selectors.data_cut_get(user=request.user, pk=cut.pk)  # with its outbox state
-        return Response(DataCutOutput(cut).data, status=status.HTTP_201_CREATED)
+        return respond(cut, DataCutOutput, status_code=status.HTTP_201_CREATED)
 
 
-class AnalysisViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
+class AnalysisViewSet(ApiViewSet):
     serializer_class = AnalysisJobOutput
+    filterset_class = AnalysisFilter
 
     def get_queryset(self):
-        study = self.request.query_params.get("study")
-        jobs = selectors.job_list(user=self.request.user)
-        return jobs.filter(data_cut__study__code=study) if study else jobs
+        return selectors.job_list(user=self.request.user).order_by("pk")
+
+    def list(self, request):
+        return self.paginated(self.filter_queryset(self.get_queryset()), AnalysisJobOutput)
 
     @extend_schema(responses={200: AnalysisDetailOutput})
     def retrieve(self, request, pk=None):
-        job = selectors.job_get(user=request.user, pk=int(pk))
-        return Response(AnalysisDetailOutput(job, context={"request": request}).data)
+        job = selectors.job_get(user=request.user, pk=parse_pk(pk))
+        return respond(job, AnalysisDetailOutput, request=request)
 
     @extend_schema(request=AnalysisRequestInput, responses={200: AnalysisDetailOutput, 202: AnalysisDetailOutput})
+    @idempotent
     def create(self, request):
         data = _valid(AnalysisRequestInput, request)
         try:
@@ -168,7 +215,9 @@ class AnalysisViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
         job = services.analysis_request(actor=request.user, data_cut=cut, spec=data["spec"], channel="api")
         job = selectors.job_get(user=request.user, pk=job.pk)  # with its outbox state
         done = job.status == AnalysisJob.Status.SUCCEEDED
-        return Response(
-            AnalysisDetailOutput(job, context={"request": request}).data,
-            status=status.HTTP_200_OK if done else status.HTTP_202_ACCEPTED,
+        return respond(
+            job,
+            AnalysisDetailOutput,
+            status_code=status.HTTP_200_OK if done else status.HTTP_202_ACCEPTED,
+            request=request,
         )

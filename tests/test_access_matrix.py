@@ -49,6 +49,8 @@ class Policy:
 
 
 def expected(policy: Policy, role: str, other_site: bool) -> str | int:
+    if policy.kind == "public":  # the API token exchange: anyone may try (an empty body is a 400)
+        return ALLOWED
     if role == "anonymous":
         return 401 if policy.api else 302
     if policy.kind == "public_authenticated":
@@ -155,7 +157,8 @@ POLICY: dict[str, Policy] = {
     # REST API
     "api-root": Policy("public_authenticated", "none", api=True),
     "api-schema": Policy("public_authenticated", "none", api=True),
-    "api-docs": Policy("public_authenticated", "none", api=True),
+    "api-docs": Policy("public_authenticated", "none"),  # a page: anonymous users go to the sign-in page
+    "api-token": Policy("public", "none", api=True, method="post"),
     "study-list": Policy("study_list", "none", api=True),
     "participant-list": Policy("study_list", "none", api=True),
     "participant-detail": Policy("read", "participant", api=True),

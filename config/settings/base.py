@@ -216,7 +216,8 @@ if PRODUCTION:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
 
-# --- REST framework
+# --- REST framework. Shared strictness (JSON bodies only, capped pages, the error answers in the
+# schema) is trials/rest.py and trials/rest_input.py.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first, so that an unauthenticated call answers 401 with a WWW-Authenticate header.
@@ -224,14 +225,26 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PARSER_CLASSES": ["trials.rest_input.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "trials.rest_input.Pagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "config.exception_handler.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "trials.rest.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tolerance API",
-    "DESCRIPTION": "Casebook, safety and analytics API. Every query is scoped by the caller's role and site.",
+    "DESCRIPTION": (
+        "Casebook, safety and analytics API. Every query is scoped by the caller's role and site.\n\n"
+        "**Sign-in.** `POST /api/v1/auth/token/` with your username and password returns a token, shown "
+        "once; send it as `Authorization: Token <token>`. `DELETE /api/v1/auth/token/` revokes it. Failed "
+        "exchanges count towards the same lockout as the sign-in page.\n\n"
+        "**Writes.** Bodies are JSON. Every POST takes an optional `Idempotency-Key` header: a repeat with "
+        "the same key returns the first answer instead of acting twice; the same key with a different "
+        "body is a 422. Edits of a saved record send the `version` they loaded; a stale one is a 409.\n\n"
+        "**Errors** are JSON objects: `detail`, or a list of messages per field. Unknown query "
+        "parameters are a 400.\n\n"
+        "**Lists** are pages: `?limit=` 1 to 500 (default 100) and `?offset=`."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],

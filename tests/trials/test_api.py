@@ -60,9 +60,11 @@ def test_a_coordinator_walks_the_casebook_through_the_api(api, study):
     assert response.status_code == 201, response.json()
     assert response.json()["dose_cells_per_kg"] == "1000000"
 
-    visits = api.get(f"/api/v1/participants/{pid}/visits/").json()
+    visits = api.get(f"/api/v1/participants/{pid}/visits/").json()["results"]
     day7 = next(v for v in visits if v["code"] == "d7")
-    response = api.post(f"/api/v1/visits/{day7['id']}/record/", {"actual_date": "2025-02-10"}, format="json")
+    response = api.post(
+        f"/api/v1/visits/{day7['id']}/record/", {"actual_date": "2025-02-10", "version": day7["version"]}, format="json"
+    )
     assert response.status_code == 200
     assert response.json()["in_window"] is True
     assert Participant.objects.get(pk=pid).status == ParticipantStatus.IN_FOLLOW_UP
