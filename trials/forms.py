@@ -128,7 +128,7 @@ class ScreenForm(IdempotencyTokenMixin, forms.Form):
         self.fields["site"].queryset = sites
 
 
-class ConsentForm(forms.Form):
+class ConsentForm(IdempotencyTokenMixin, forms.Form):
     document = forms.ModelChoiceField(label="Consent document version", queryset=None, empty_label=None)
     consent_date = _date("Date of consent")
 
@@ -297,7 +297,7 @@ class VisitMissedForm(forms.Form):
     missed_reason = _text("Why was the visit missed?", rows=2)
 
 
-class UnscheduledVisitForm(forms.Form):
+class UnscheduledVisitForm(IdempotencyTokenMixin, forms.Form):
     KINDS = [(Visit.Kind.UNSCHEDULED.value, "Unscheduled visit"), (Visit.Kind.SAFETY.value, "Safety follow-up visit")]
 
     kind = forms.ChoiceField(label="Kind of visit", choices=KINDS, widget=forms.RadioSelect, initial="unscheduled")
@@ -383,14 +383,14 @@ class MMTTForm(forms.Form):
         ]
 
 
-class RelapseForm(forms.Form):
+class RelapseForm(IdempotencyTokenMixin, forms.Form):
     onset_date = _date("Onset date")
     steroid_treated = forms.BooleanField(label="Treated with steroids", required=False)
     confirmed_by_examination = forms.BooleanField(label="Confirmed by neurological examination", required=False)
     notes = _text("Notes", rows=3)
 
 
-class RescueTherapyForm(forms.Form):
+class RescueTherapyForm(IdempotencyTokenMixin, forms.Form):
     category = forms.ChoiceField(label="Category", choices=[("", "---------"), *RescueTherapy.Category.choices])
     agent = IdentifierField(
         label="Agent", max_length=NAME_MAX, required=False, help_text="The drug, e.g. methylprednisolone."
@@ -400,7 +400,7 @@ class RescueTherapyForm(forms.Form):
     reason = _text("Reason", rows=3, help_text="Why it was started, e.g. relapse with new MRI activity.")
 
 
-class InsulinDoseForm(forms.Form):
+class InsulinDoseForm(IdempotencyTokenMixin, forms.Form):
     effective_date = _date("Effective from")
     total_daily_units = _decimal(
         "Total daily insulin (U/day)", 6, 1, help_text="Basal plus bolus, from this date on; 0 if insulin was stopped."
@@ -414,7 +414,7 @@ class InsulinDoseForm(forms.Form):
 # ---------------------------------------------------------------------------------------------
 
 
-class DispositionForm(forms.Form):
+class DispositionForm(IdempotencyTokenMixin, forms.Form):
     kind = forms.ChoiceField(label="Disposition", choices=Disposition.Kind.choices, widget=forms.RadioSelect)
     disposition_date = _date("Disposition date")
     reason = _text("Reason", help_text="Required for a withdrawal or loss to follow-up.", rows=3)

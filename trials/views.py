@@ -177,7 +177,9 @@ def consent_record(request, pk: int):
     documents = participant.study.consent_documents.order_by("-effective_date")
     form = forms.ConsentForm(request.POST or None, documents=documents)
     if request.method == "POST" and form.is_valid():
-        consent = web.submit(request, form, services.consent_record, participant=participant, **form.cleaned_data)
+        consent = idempotency.submit_once(
+            request, form, services.consent_record, participant=participant, **form.cleaned_data
+        )
         if consent is not None:
             messages.success(
                 request, f"Consent to v{consent.document.version} recorded ({consent.consent_date:%Y-%m-%d})."
@@ -434,7 +436,7 @@ def visit_add(request, pk: int):
     form = forms.UnscheduledVisitForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        visit = web.submit(
+        visit = idempotency.submit_once(
             request,
             form,
             services.visit_add_unscheduled,
@@ -551,7 +553,9 @@ def relapse_record(request, pk: int):
     participant = selectors.participant_get(user=request.user, pk=pk, write=True)
     form = forms.RelapseForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        relapse = web.submit(request, form, services.relapse_record, participant=participant, **form.cleaned_data)
+        relapse = idempotency.submit_once(
+            request, form, services.relapse_record, participant=participant, **form.cleaned_data
+        )
         if relapse is not None:
             messages.success(request, f"Relapse with onset {relapse.onset_date:%Y-%m-%d} recorded.")
             return redirect(_participant_url(participant, "relapses"))
@@ -564,7 +568,7 @@ def rescue_therapy_record(request, pk: int):
     participant = selectors.participant_get(user=request.user, pk=pk, write=True)
     form = forms.RescueTherapyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        therapy = web.submit(
+        therapy = idempotency.submit_once(
             request, form, services.rescue_therapy_record, participant=participant, **form.cleaned_data
         )
         if therapy is not None:
@@ -586,7 +590,9 @@ def insulin_dose_record(request, pk: int):
     participant = selectors.participant_get(user=request.user, pk=pk, write=True)
     form = forms.InsulinDoseForm(request.POST or None, initial={"source": "diary"})
     if request.method == "POST" and form.is_valid():
-        change = web.submit(request, form, services.insulin_dose_record, participant=participant, **form.cleaned_data)
+        change = idempotency.submit_once(
+            request, form, services.insulin_dose_record, participant=participant, **form.cleaned_data
+        )
         if change is not None:
             messages.success(
                 request, f"Insulin {change.total_daily_units} U/day from {change.effective_date:%Y-%m-%d} recorded."
@@ -613,7 +619,7 @@ def disposition_record(request, pk: int):
     participant = selectors.participant_get(user=request.user, pk=pk, write=True)
     form = forms.DispositionForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        disposition = web.submit(
+        disposition = idempotency.submit_once(
             request, form, services.disposition_record, participant=participant, **form.cleaned_data
         )
         if disposition is not None:

@@ -211,3 +211,30 @@ class TestFormToken:
         assert changed.status_code == 200
         assert "already used for a different request" in changed.content.decode()
         assert Participant.objects.count() == 1
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "trials:consent_record",
+            "trials:visit_add",
+            "trials:relapse_record",
+            "trials:rescue_therapy_record",
+            "trials:insulin_dose_record",
+            "trials:disposition_record",
+            "safety:ae_create",
+        ],
+    )
+    def test_every_create_form_carries_a_fresh_token(self, client, api_world, coordinator_site_a, name):
+        client.force_login(coordinator_site_a)
+        url = reverse(name, args=[api_world.participants[3].pk])
+        assert _token(client.get(url)) != _token(client.get(url))
+
+    def test_a_double_submitted_consent_is_recorded_once(self, client, api_world, coordinator_site_a):
+        participant = api_world.participants[0]
+        client.force_login(coordinator_site_a)
+        url = reverse("trials:consent_record", args=[participant.pk])
+        document = api_world.study.consent_documents.get()
+        data = {"document": document.pk, "consent_date": "2025-01-06", "idempotency_token": _token(client.get(url))}
+        first, second = client.post(url, data), client.post(url, data)
+        assert first.status_code == second.status_code == 302
+        assert participant.consents.count() == 1
