@@ -45,7 +45,13 @@ def time_left(value: dt.timedelta | None) -> str:
 
 @register.filter
 def percent(value: float | None, places: int = 0) -> str:
-    return "" if value is None else f"{value * 100:.{places}f}%"
+    """0.1234 -> "12%"; a probability too small to show at this precision reads "< 0.1%", not "0.0%"."""
+    if value is None:
+        return ""
+    smallest = 10.0**-places
+    if 0 < value * 100 < smallest:
+        return f"< {smallest:.{places}f}%"
+    return f"{value * 100:.{places}f}%"
 
 
 @register.filter

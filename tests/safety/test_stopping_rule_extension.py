@@ -178,3 +178,12 @@ def test_no_safety_page_cites_an_internal_document(client, expanded_study, ctcae
         assert "§" not in text, url
         assert "docs/" not in text, url
         assert "domain.md" not in text, url
+
+
+def test_a_tiny_posterior_probability_is_not_shown_as_zero():
+    from safety.templatetags.safety_ui import percent
+
+    tiny = monitoring_status(EXAMPLE, 1, 43).posterior_prob  # the demo's expansion: 1 DLT in 43
+    assert 0 < tiny < 0.0005
+    assert percent(tiny, 1) == "< 0.1%"
+    assert (percent(0.0, 1), percent(0.1234), percent(0.9, 1)) == ("0.0%", "12%", "90.0%")
