@@ -101,6 +101,12 @@ class TestDefinition:
             validate_dlt_config(config)
         assert refused.value.field == field
 
+    def test_a_stored_definition_carries_no_document_citation(self):
+        # The config is stored with each definition and may reach users: no "docs/..." source in it,
+        # and one sent back from an older definition is dropped rather than refused.
+        assert "source" not in validate_dlt_config({})
+        assert "source" not in validate_dlt_config({"source": "docs/domain.md Part A §3.6"})
+
 
 # ---------------------------------------------------------------------------------------------
 # Cohorts in the database
