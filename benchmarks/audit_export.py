@@ -372,11 +372,11 @@ def main() -> None:
 
     from trials.models import Study
 
+    call_command("migrate", verbosity=0)  # a reused database may predate the latest migrations
     if reuse:
         study, manager = Study.objects.get(code="bench-audit"), get_user_model().objects.get(username="bench_dm")
         print(f"reusing {BENCH_DB}: {study.participants.count()} participants")
     else:
-        call_command("migrate", verbosity=0)
         started = time.perf_counter()
         study, manager = build(args.participants)
         print(f"built {args.participants} participants in {time.perf_counter() - started:.0f} s")
