@@ -263,8 +263,8 @@ class TestSiteRoles:
             {"study": study.code, "site": "S02", "sex": "F", "birth_year": 1980, "screening_date": "2025-01-06"},
             format="json",
         )
-        assert screened.status_code == 400
-        assert "You cannot screen participants at site" in str(screened.json())
+        assert screened.status_code == 403  # a role that screens nowhere (docs/reliability.md #21)
+        assert screened.json() == {"detail": "Your role cannot screen participants."}
         assert not Participant.objects.exists()
 
     def test_nor_turn_their_own_role_into_a_coordinator_role(self, study, sites, dm):

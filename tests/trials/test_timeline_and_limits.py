@@ -219,12 +219,16 @@ def test_a_weight_in_exponent_notation_is_refused_by_the_visit_form_and_the_api(
     api = APIClient()
     api.force_authenticate(coordinator_site_a)
     refused = api.post(
-        f"/api/v1/visits/{visit.pk}/record/", {"actual_date": "2025-03-03", "weight_kg": "1e2"}, format="json"
+        f"/api/v1/visits/{visit.pk}/record/",
+        {"actual_date": "2025-03-03", "weight_kg": "1e2", "version": visit.version},
+        format="json",
     )
     assert refused.status_code == 400
     assert "weight_kg" in refused.json()
     accepted = api.post(
-        f"/api/v1/visits/{visit.pk}/record/", {"actual_date": "2025-03-03", "weight_kg": "100"}, format="json"
+        f"/api/v1/visits/{visit.pk}/record/",
+        {"actual_date": "2025-03-03", "weight_kg": "100", "version": visit.version},
+        format="json",
     )
     assert accepted.status_code == 200, accepted.json()
     assert Visit.objects.get(pk=visit.pk).weight_kg == Decimal("100")
