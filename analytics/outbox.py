@@ -24,7 +24,6 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from celery import current_app
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -87,11 +86,12 @@ def _publish(row: TaskOutbox) -> str:
     result backend (asking a dead Redis backend to watch the result is what used to take 19 s). A
     connection of its own: a pooled one may be dead since the broker restarted."""
     from analytics import tasks  # noqa: F401 - registers the tasks the rows name (web processes too)
+    from config.celery_app import app  # the project's app: Celery's "current" app is per thread
 
-    task = current_app.tasks[row.task]
-    if current_app.conf.task_always_eager:  # the zero-setup demo: no broker, the task runs here
+    task = app.tasks[row.task]
+    if app.conf.task_always_eager:  # the zero-setup demo: no broker, the task runs here
         return task.apply_async(args=list(row.args), ignore_result=True).id
-    with current_app.connection_for_write() as connection:
+    with app.connection_for_write() as connection:
         return task.apply_async(args=list(row.args), ignore_result=True, connection=connection).id
 
 
