@@ -610,6 +610,9 @@ class ExpeditedReport(VersionedModel):
     """A report that is due, with its clock (``safety.clocks``) frozen at creation: kind, start,
     Day 0 and due date in the sponsor's time zone, ``due_at`` the last on-time instant (UTC)."""
 
+    # The sponsor's regulatory submissions, not site data: they never invalidate the PI's signature.
+    casebook_content = False
+
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         SUBMITTED = "submitted", "Submitted"
@@ -760,6 +763,9 @@ class DLTAdjudication(VersionedModel):
     """The safety review committee's decision on one participant: DLT-evaluable or not, DLT or not,
     and which event. Signed by re-entering the password (21 CFR 11.200); the signer's printed name and
     UTC time stay with the record."""
+
+    # The committee's judgement, not site data: adjudicating never invalidates the PI's signature.
+    casebook_content = False
 
     participant = models.OneToOneField(Participant, on_delete=models.PROTECT, related_name="dlt_adjudication")
     definition = models.ForeignKey(DLTDefinition, on_delete=models.PROTECT, related_name="adjudications")

@@ -193,6 +193,30 @@ class TestAdjudication:
             actor=data_manager, study=study, config={}, effective_from=dt.date(2024, 12, 1), reason="Protocol v1.0"
         )
 
+    def test_adjudicating_leaves_the_investigators_signature_valid(
+        self, study, sites, cohort_one, coordinator_site_a, medical_monitor, ctcae, definition
+    ):
+        """The committee's decision is the sponsor's record, not site data the PI signed."""
+        from tests.factories import member
+        from trials import services as trials_services
+        from trials.models import Participant, Role
+
+        participant = cohort_one[0]
+        _ae(coordinator_site_a, participant, ctcae)
+        investigator = member("pi_dlt", study, Role.INVESTIGATOR, sites[0])
+        trials_services.record_sign(actor=investigator, record=participant, password=PASSWORD, meaning="casebook")
+
+        services.dlt_adjudicate(
+            actor=medical_monitor,
+            participant=participant,
+            evaluable=True,
+            is_dlt=False,
+            rationale="Completed the window without a DLT",
+            password=PASSWORD,
+        )
+
+        assert trials_services.signature_state(Participant.objects.get(pk=participant.pk))["valid"] is True
+
     def test_the_committee_overrules_a_provisional_dlt(
         self, study, cohort_one, coordinator_site_a, medical_monitor, ctcae, definition
     ):
