@@ -14,11 +14,15 @@ from io import StringIO
 from zoneinfo import ZoneInfo
 
 import pytest
+from axes.models import AccessAttempt
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db.models import F
 from django.utils import timezone
 
+from trials.account_events import AccountEvent
 from trials.audit import audit_verify
 from trials.management.demo_trial import das28_crp
 from trials.models import (
@@ -381,9 +385,66 @@ def test_the_demo_users_exist_with_their_roles(demo):
     assert User.objects.get(username="coordinator_s02").check_password("amber-dunes-4419")
 
 
+def _sign_in(client, username: str, password: str):
+    return client.post("/login/", {"username": username, "password": password})
+
+
+def test_one_demo_account_is_locked_out_and_the_data_manager_releases_it(demo, client):
+    """The lockout is stored as axes stores it, so axes refuses even the right password; the demo data
+    manager finds it under Admin → Axes → Access attempts and releases it with a reason."""
+    attempt = AccessAttempt.objects.get(username="coordinator_s02_locked")
+    assert attempt.failures_since_start >= settings.AXES_FAILURE_LIMIT
+    assert AccessAttempt.objects.count() == 1  # no other demo login is locked
+    memberships = StudyMembership.objects.filter(user__username="coordinator_s02_locked")
+    assert {(m.study.code, m.role, m.site.code) for m in memberships} == {
+        (code, Role.COORDINATOR, "S02") for code in DEMO_CODES
+    }
+    assert _sign_in(client, "coordinator_s02_locked", "juniper-ridge-8062").status_code == 429
+
+    assert _sign_in(client, "data_manager", "maple-signal-1848").status_code == 302
+    listing = client.get("/admin/axes/accessattempt/")
+    assert listing.status_code == 200
+    assert b"coordinator_s02_locked" in listing.content
+    released = client.post(
+        f"/admin/axes/accessattempt/{attempt.pk}/release/",
+        {"change_reason": "Confirmed by phone with Marek Nowak"},
+    )
+    assert released.status_code == 302
+    assert not AccessAttempt.objects.filter(username="coordinator_s02_locked").exists()
+    event = AccountEvent.objects.get(kind=AccountEvent.Kind.LOCKOUT_RELEASED)
+    assert (event.actor.username, event.reason) == ("data_manager", "Confirmed by phone with Marek Nowak")
+    client.post("/logout/")
+    assert _sign_in(client, "coordinator_s02_locked", "juniper-ridge-8062").status_code == 302
+
+
+def test_the_other_demo_logins_are_not_locked(demo, client):
+    for username, password in (("coordinator_s01", "harbour-violet-3307"), ("coordinator_s02", "amber-dunes-4419")):
+        assert _sign_in(client, username, password).status_code == 302, username
+        client.post("/logout/")
+
+
+def test_one_infusion_outside_the_release_criteria_was_confirmed_and_is_a_deviation(demo):
+    deviation = ProtocolDeviation.objects.select_related("infusion__participant__study", "participant__site").get(
+        category=ProtocolDeviation.Category.RELEASE
+    )
+    infusion = deviation.infusion
+    study = infusion.participant.study
+    assert (study.code, deviation.participant.site.code) == ("treg-ms-01", "S01")
+    assert deviation.participant.status == ParticipantStatus.IN_FOLLOW_UP
+    assert infusion.viability_pct < study.release_min_viability_pct
+    assert deviation.system_detected
+    assert deviation.voided_at is None
+    assert "below the release minimum" in deviation.description
+    assert deviation.get_category_display() == "Product outside release criteria"
+    assert Infusion.objects.filter(viability_pct__lt=F("participant__study__release_min_viability_pct")).count() == 1
+
+
 def test_it_prints_the_logins_and_the_counts(demo):
     for text in ("Demo logins", "coordinator_s01", "harbour-violet-3307", "Participants by status", "Screen failure"):
         assert text in demo.second_output
+    locked = next(line for line in demo.second_output.splitlines() if line.startswith("coordinator_s02_locked  "))
+    assert "juniper-ridge-8062" in locked
+    assert locked.endswith("S02 (locked: ask the data manager)")
     assert "resetting the demo" in demo.second_output
     assert "resetting the demo" not in demo.first_output
 

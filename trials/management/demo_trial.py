@@ -41,6 +41,7 @@ from django.contrib.auth.models import Permission
 
 from trials import services
 from trials.audit import audit_context
+from trials.management import demo_features
 from trials.models import (
     ConsentDocument,
     DiseaseAssessment,
@@ -324,6 +325,7 @@ class DemoUser:
     sites: tuple[str | None, ...] = (None,)  # one membership per study and site; None = all sites
     unblinded: bool = False
     staff_permissions: tuple[str, ...] = ()
+    note: str = ""  # shown in the logins table
 
 
 STUDY_BUILD_MODELS = ("site", "study", "dosecohort", "visitdefinition", "eligibilitycriterion", "consentdocument")
@@ -384,6 +386,16 @@ USERS = (
         "willow-beacon-5530",
         Role.SPONSOR_ADMIN,
         staff_permissions=SPONSOR_ADMIN_PERMISSIONS,
+    ),
+    # Locked out by too many failed sign-ins (demo_features.lock_out): the data manager releases it.
+    DemoUser(
+        demo_features.LOCKED_USERNAME,
+        "Marek",
+        "Nowak",
+        "juniper-ridge-8062",
+        Role.COORDINATOR,
+        ("S02",),
+        note=demo_features.LOCKED_NOTE,
     ),
 )
 COORDINATOR_OF_SITE = {"S01": "coordinator_s01", "S02": "coordinator_s02", "S03": "coordinator_s03"}
@@ -761,6 +773,7 @@ class DemoBuilder:
             ]
             user.user_permissions.set(perms)
             self.users[spec.username] = user
+        demo_features.lock_out()
 
     @staticmethod
     def hash_passwords() -> dict[str, Future[str]]:
@@ -950,8 +963,9 @@ class DemoBuilder:
         # 4. Infusion, in infusion order: each cohort's sentinel first, the others after its interval.
         infused = [p for p in enrolled if p.fate not in (AWAITING, WITHDRAWN_BEFORE_INFUSION)]
         self._plan_infusion_dates(infused)
+        exception = demo_features.release_exception(spec.code, [p for p in infused if p.fate == FOLLOW_UP])
         for plan in sorted(infused, key=lambda p: (p.infusion_date, p.index)):
-            self._infuse(plan)
+            self._infuse(plan, outside_release_criteria=plan is exception)
 
         self._choose_rescues(spec, infused)
 
@@ -1033,7 +1047,7 @@ class DemoBuilder:
                 if plan.infusion_date < sentinel.infusion_date + interval:
                     raise RuntimeError(f"Demo plan error: {plan.participant} cannot be infused before today.")
 
-    def _infuse(self, plan: Plan) -> None:
+    def _infuse(self, plan: Plan, *, outside_release_criteria: bool = False) -> None:
         rng, participant = plan.rng, plan.participant
         cohort = participant.cohort
         # A few infusions deliver a dose outside the 20 % tolerance (a low manufacturing yield, or a
@@ -1065,7 +1079,10 @@ class DemoBuilder:
             apheresis_date=min(plan.infusion_date, plan.enrol_date + dt.timedelta(days=rng.randint(2, 5))),
             manufacturing_lot=f"TRG-{indication_code}-{plan.infusion_date:%y%m}-{plan.index + 1:03d}",
             release_passed=True,
-            viability_pct=d(rng.uniform(82, 97.5), 1),
+            # Drawn for everyone (in this order), so the other participants' draws stay the same.
+            viability_pct=demo_features.viability(
+                d(rng.uniform(82, 97.5), 1), participant.study, outside_release_criteria=outside_release_criteria
+            ),
             total_viable_cells=total,
             weight_kg=d(plan.weight, 1),
             start_at=start,
@@ -1076,6 +1093,7 @@ class DemoBuilder:
             else "",
             premedication="" if intrathecal else "Paracetamol 1 g and cetirizine 10 mg orally 30 minutes before",
             volume_ml=d(rng.uniform(4, 6), 1) if intrathecal else d(rng.choice([100, 150, 250]), 1),
+            confirm_outside_criteria=outside_release_criteria,
             channel=CHANNEL,
         )
 

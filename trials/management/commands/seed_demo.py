@@ -173,13 +173,15 @@ class Command(BaseCommand):
         where: dict[str, list[str]] = {}
         for m in memberships:
             where.setdefault(m.user.username, []).append(m.site.code if m.site else "all sites")
+        width = max(18, *(len(spec.username) for spec in demo_trial.USERS))
         self.stdout.write("\nDemo logins (demo data only: never use these passwords elsewhere)")
-        self.stdout.write(f"{'username':18}  {'password':20}  {'role':18}  sites (in all three studies)")
+        self.stdout.write(f"{'username':{width}}  {'password':20}  {'role':18}  sites (in all three studies)")
         for spec in demo_trial.USERS:
             role = spec.role.label if spec.role else "superuser (admin)"
             sites = ", ".join(sorted(where.get(spec.username, []))) or "-"
             unblinded = ", unblinded" if spec.unblinded else ""
-            self.stdout.write(f"{spec.username:18}  {spec.password:20}  {role:18}  {sites}{unblinded}")
+            note = f" ({spec.note})" if spec.note else ""
+            self.stdout.write(f"{spec.username:{width}}  {spec.password:20}  {role:18}  {sites}{unblinded}{note}")
 
 
 @contextmanager
