@@ -123,6 +123,8 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 demo_environment() {
   # The pages users see: Tolerance's own error pages, not Django's debug pages (DJANGO_DEBUG=True for those).
   export DJANGO_DEBUG=${DJANGO_DEBUG:-False}
+  # The demo's locked-out account (seed_demo) stays locked for the day, not just the usual 30 minutes.
+  export TOLERANCE_LOGIN_LOCKOUT_MINUTES=${TOLERANCE_LOGIN_LOCKOUT_MINUTES:-720}
   # The embedded PostgreSQL this demo uses, stopped when it exits (cleanup).
   if [ -z "${DATABASE_URL:-}" ]; then
     EMBEDDED_PGDATA=${TOLERANCE_PGDATA:-$PWD/.pgdata}

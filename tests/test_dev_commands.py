@@ -4,6 +4,7 @@ machine's own Redis is never touched: "no Redis" is a port where nothing listens
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -160,6 +161,14 @@ def test_the_demo_shows_the_pages_users_see_and_owns_its_embedded_postgresql(tmp
         timeout=30,
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_demo_keeps_its_locked_out_account_locked_for_the_day_unless_told_otherwise():
+    environment = {k: v for k, v in os.environ.items() if k != "TOLERANCE_LOGIN_LOCKOUT_MINUTES"}
+    script = f'source {DEV_SH}\ndemo_environment\necho "$TOLERANCE_LOGIN_LOCKOUT_MINUTES"'
+    run = functools.partial(subprocess.run, ["bash", "-c", script], capture_output=True, text=True, timeout=30)  # noqa: S607
+    assert run(env=environment).stdout.strip() == "720"
+    assert run(env={**environment, "TOLERANCE_LOGIN_LOCKOUT_MINUTES": "15"}).stdout.strip() == "15"
 
 
 def test_the_license_is_an_spdx_expression_not_a_deprecated_table():
