@@ -150,7 +150,8 @@ def test_it_builds_three_studies_of_about_sixty_participants(demo):
     assert {s.indication for s in Study.objects.all()} == {Indication.MS, Indication.T1D, Indication.RA}
     for study in Study.objects.all():
         assert set(study.sites.values_list("code", flat=True)) == {"S01", "S02", "S03"}
-        assert study.cohorts.count() == 3
+        # RA also has a placebo cohort (planned dose 0), last so that it stays empty: cohorts fill in order.
+        assert study.cohorts.count() == (4 if study.code == "treg-ra-01" else 3)
         assert study.consent_documents.count() == 2
         assert list(study.schedule.values_list("code", flat=True)) == [
             "d0",
@@ -166,6 +167,16 @@ def test_it_builds_three_studies_of_about_sixty_participants(demo):
             "m18",
             "m24",
         ]
+
+
+def test_the_ra_study_has_an_empty_placebo_cohort_after_the_dose_cohorts(demo):
+    cohorts = list(Study.objects.get(code="treg-ra-01").cohorts.order_by("number"))
+    assert [c.is_placebo for c in cohorts] == [False, False, False, True]
+    placebo = cohorts[-1]
+    assert placebo.planned_cells_per_kg == 0
+    assert "Placebo" in placebo.label
+    assert not placebo.participants.exists()
+    assert not Infusion.objects.filter(cohort=placebo).exists()
 
 
 def test_every_participant_status_is_present(demo):

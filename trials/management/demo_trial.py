@@ -245,6 +245,9 @@ STUDIES = (
             CohortSpec("IV 5 × 10⁶/kg", 5 * M, None, IV, 6),
             CohortSpec("IV 10 × 10⁶/kg", 10 * M, None, IV, 6),
             CohortSpec("IV 20 × 10⁶/kg (expansion)", 20 * M, None, IV, 40),
+            # Planned dose 0, after the others: cohorts fill in order and the three above hold every
+            # participant the demo enrols, so it stays empty; the study build and the safety tables show it.
+            CohortSpec("Placebo (saline, no cells)", 0, None, IV, 6),
         ),
         criteria=(
             CriterionSpec(INC, 1, "Aged 18 to 75 years", "aged 77 at screening"),
