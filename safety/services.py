@@ -354,7 +354,7 @@ def _save_assessment(actor, assessment, ae: AdverseEvent, old_grade: int | None,
 
 
 _CRS_FIELDS = {"vasopressors_excluding_vasopressin": "vasopressors"}
-_CRS_FINDINGS = (
+CRS_FINDINGS = (  # the structured inputs of the ASTCT CRS grade, as the form and the service name them
     "max_temperature_c",
     "fever_masked",
     "hypotension",
@@ -440,7 +440,7 @@ def crs_assessment_record(
 ) -> CRSAssessment:
     """Grade a CRS by ASTCT from its findings; the AE takes the worst final grade of its assessments."""
     values = locals()
-    findings = {name: values[name] for name in _CRS_FINDINGS}
+    findings = {name: values[name] for name in CRS_FINDINGS}
     problems = Problems()
     participant, ae = _assessment_context(actor, adverse_event, CRSAssessment, assessed_at, problems)
     override_reason = problems.text("override_reason", override_reason, label="The reason for the override")

@@ -231,17 +231,7 @@ def ae_detail(request, pk: int):
 
 
 def _crs_inputs(data) -> dict:
-    names = (
-        "max_temperature_c",
-        "fever_masked",
-        "hypotension",
-        "vasopressors",
-        "vasopressin",
-        "oxygen_device",
-        "oxygen_flow_l_min",
-        "death_due_to_crs",
-    )
-    return {name: data.get(name) for name in names}
+    return {name: data.get(name) for name in services.CRS_FINDINGS}
 
 
 def _icans_inputs(data) -> dict:
