@@ -265,7 +265,7 @@ def _grade_choice(label: str = "Investigator grade (override)") -> forms.TypedCh
     )
 
 
-class CRSForm(ZonedTimesMixin):
+class CRSForm(IdempotencyTokenMixin, ZonedTimesMixin):
     zoned_fields = ("assessed_at",)
 
     assessed_at = forms.DateTimeField(label="Time of the worst findings", widget=DateTimeLocalInput)
@@ -293,7 +293,7 @@ class CRSForm(ZonedTimesMixin):
     field_order = ["time_zone", "assessed_at"]
 
 
-class ICANSForm(ZonedTimesMixin):
+class ICANSForm(IdempotencyTokenMixin, ZonedTimesMixin):
     zoned_fields = ("assessed_at",)
 
     assessed_at = forms.DateTimeField(label="Time of the worst findings", widget=DateTimeLocalInput)
@@ -322,7 +322,7 @@ class ICANSForm(ZonedTimesMixin):
     field_order = ["time_zone", "assessed_at"]
 
 
-class SAEReportForm(forms.Form):
+class SAEReportForm(IdempotencyTokenMixin, forms.Form):
     narrative = _text(
         "Narrative",
         required="Describe the event: what happened, treatment, current status.",

@@ -272,7 +272,7 @@ def _assessment_view(request, pk: int, *, kind: str):
                 problem = " ".join(exc.messages)
             return render(request, "safety/partials/computed_grade.html", {"computed": computed, "problem": problem})
         service = services.crs_assessment_record if is_crs else services.icans_assessment_record
-        saved = web.submit(
+        saved = idempotency.submit_once(
             request, form, service, adverse_event=ae, **{k: v for k, v in data.items() if k != "time_zone"}
         )
         if saved is not None:
@@ -335,7 +335,8 @@ def sae_report(request, pk: int):
     form = forms.SAEReportForm(_posted(request))
     if request.method == "POST" and form.is_valid():
         service = services.sae_report_to_sponsor if initial else services.sae_follow_up_submit
-        version = web.submit(request, form, service, case=case, narrative=form.cleaned_data["narrative"])
+        # A double-click must not turn the second copy of the initial report into a follow-up.
+        version = idempotency.submit_once(request, form, service, case=case, narrative=form.cleaned_data["narrative"])
         if version is not None:
             messages.success(request, f"{version.label} of {case.case_number} sent to the sponsor.")
             return redirect(_ae_url(ae))

@@ -12,8 +12,10 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from safety.models import AdverseEvent, ExpeditedReport, SAECase
+from safety import services as safety_services
+from safety.models import AdverseEvent, CRSAssessment, ExpeditedReport, SAECase, SAECaseVersion
 from tests.factories import infused
+from tests.safety.conftest import serious_kwargs
 from tests.safety.test_safety_views import _ae_post
 from trials.models import IdempotencyRecord, Participant
 
@@ -171,6 +173,53 @@ class TestFormToken:
         assert AdverseEvent.objects.count() == 1
         assert SAECase.objects.count() == 1
         assert ExpeditedReport.objects.filter(kind="site_24h").count() == 1
+
+    def test_a_double_submitted_initial_sae_report_is_not_also_sent_as_a_follow_up(
+        self, client, participant, coordinator_site_a, ctcae
+    ):
+        ae = safety_services.adverse_event_record(
+            actor=coordinator_site_a, participant=participant, **serious_kwargs(ctcae)
+        )
+        case = SAECase.objects.get(adverse_event=ae)
+        client.force_login(coordinator_site_a)
+        url = reverse("safety:sae_report", args=[case.pk])
+        data = {"narrative": "Admitted with fever and hypotension.", "idempotency_token": _token(client.get(url))}
+        first = client.post(url, data)
+        second = client.post(url, data)
+        assert (first.status_code, second.status_code) == (302, 302)
+        assert SAECaseVersion.objects.filter(case=case).count() == 1
+
+    def test_a_double_submitted_crs_assessment_is_saved_once(self, client, participant, coordinator_site_a, ctcae):
+        ae = safety_services.adverse_event_record(
+            actor=coordinator_site_a,
+            participant=participant,
+            **serious_kwargs(
+                ctcae,
+                serious=False,
+                hospitalisation=False,
+                site_aware_at=None,
+                grade=1,
+                treatment_given=False,
+                treatment_details="",
+            ),
+        )
+        client.force_login(coordinator_site_a)
+        url = reverse("safety:crs_assess", args=[ae.pk])
+        data = {
+            "time_zone": "UTC",
+            "assessed_at": "2025-03-02T21:00",
+            "max_temperature_c": "39.1",
+            "hypotension": "on",
+            "vasopressors": "1",
+            "oxygen_device": "nasal_cannula",
+            "oxygen_flow_l_min": "3",
+            "override_reason": "",
+            "idempotency_token": _token(client.get(url)),
+        }
+        first = client.post(url, data)
+        second = client.post(url, data)
+        assert (first.status_code, second.status_code) == (302, 302)
+        assert CRSAssessment.objects.filter(adverse_event=ae).count() == 1
 
     def test_a_new_form_is_a_new_ae(self, client, participant, coordinator_site_a, ctcae):
         client.force_login(coordinator_site_a)
